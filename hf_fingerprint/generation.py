@@ -1,0 +1,90 @@
+"""Batched generation through a model's chat template: the one place prompts become model answers."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+def chat_prompt(tokenizer: Any, text: str, *, system_prompt: str | None = None) -> str:
+    """``text`` as the model is asked it: a user turn and the generation prompt, or raw text without a template."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": text}
+        ]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system_prompt}\n\n{text}" if system_prompt else text
+
+
+def model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    system_prompt: str | None = None,
+    max_new_tokens: int = 16,
+    temperature: float = 0.0,
+    num_samples: int = 1,
+    batch_size: int = 16,
+    progress: bool = False,
+    description: str = "generating",
+) -> list[list[str]]:
+    """Answers to ``texts`` (``num_samples`` each), decoded without special tokens.
+
+    Prompts are sorted by length and left-padded in batches, so padding is minimal; greedy when
+    ``temperature`` is 0.
+    """
+    if not texts:
+        return []
+    prompts = [chat_prompt(tokenizer, text, system_prompt=system_prompt) for text in texts]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = model_device(model)
+    sampling = temperature > 0
+    results: list[list[str]] = [[] for _ in texts]
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(order), desc=description, disable=not progress, leave=False)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            kwargs = dict(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=sampling,
+                num_return_sequences=num_samples,
+                pad_token_id=pad_id,
+            )
+            if sampling:
+                kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            output = model.generate(**kwargs)
+            new_tokens = output[:, width:]
+            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for row, i in enumerate(chunk):
+                results[i] = [text.strip() for text in decoded[row * num_samples : (row + 1) * num_samples]]
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return results
