@@ -5,6 +5,8 @@ import pytest
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+pytest_plugins = ["hf_fingerprint.testing.pytest_plugin"]
+
 
 
 @pytest.fixture(scope="session")
