@@ -1,0 +1,81 @@
+"""Configuration of FSFT (fingerprint subspace-aware fine-tuning): SFTConfig plus four fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+FSFT_VARIANTS = ("input", "two_sided", "direction", "project")
+
+
+@dataclass
+class FSFTConfig(SFTConfig):
+    """Configuration class for [`FSFTTrainer`].
+
+    Only the FSFT parameters are listed here; everything else is [`trl.SFTConfig`].
+
+    For each edited matrix i (edit dWfp_i = U S V^T, drift D_i = W_i - We_i), the trainer adds
+    ``fsft_lambda * mean_i F_i`` to the task loss, where each ``F_i`` is divided by the energy
+    ``sum(S_kept^2)`` of the kept part of the edit: ``F_i = 1`` means a drift as large as the edit itself
+    on the protected directions (for example ``D = -dWfp``, the edit undone), whatever the number of edited
+    matrices or their scale. With the default ``fsft_lambda = 100``, a relative drift of 10 % costs 1 nat,
+    the size of a typical task loss. Sweep it: METHOD.md section 9 found no single value that suffices.
+
+    Args:
+        fsft_lambda (`float`, defaults to `100.0`):
+            Weight of the normalised penalty. Ignored by the `"project"` variant, which is a hard constraint.
+        fsft_variant (`str`, defaults to `"input"`):
+            `"input"`: F = ||D V_r||^2; `"two_sided"`: F = ||U_r^T D V_r||^2; `"direction"`: F = <D, dWfp>^2 /
+            ||dWfp||^2; `"project"`: no penalty, the gradient's component G V_r V_r^T is removed and the weight
+            re-projected after every optimizer step so that D V_r stays 0.
+        fsft_rank (`int` or `None`, defaults to `None`):
+            Number of singular directions of each edit to protect. `None` chooses it per matrix from
+            `fsft_energy`.
+        fsft_energy (`float`, defaults to `0.999`):
+            Fraction of the edit's spectral energy (sum of squared singular values) that the kept directions
+            must reach when `fsft_rank` is `None`.
+    """
+
+    fsft_lambda: float = field(
+        default=100.0,
+        metadata={
+            "help": "Weight of the FSFT penalty. Each matrix's penalty is divided by the energy of its edit and "
+            "averaged over the edited matrices, so 1.0 means 'a drift as large as the edit'. Ignored by "
+            "fsft_variant='project'."
+        },
+    )
+    fsft_variant: str = field(
+        default="input",
+        metadata={
+            "help": "Form of the penalty: 'input' (||D V_r||^2, default), 'two_sided' (||U_r^T D V_r||^2), "
+            "'direction' (<D, dWfp>^2 / ||dWfp||^2) or 'project' (hard constraint D V_r = 0 by gradient and "
+            "weight projection).",
+            "choices": list(FSFT_VARIANTS),
+        },
+    )
+    fsft_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Singular directions of each edit to protect; None chooses the rank per matrix from "
+            "fsft_energy."
+        },
+    )
+    fsft_energy: float = field(
+        default=0.999,
+        metadata={
+            "help": "Fraction of each edit's spectral energy (sum of squared singular values) that the protected "
+            "directions keep when fsft_rank is None. In (0, 1]."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.fsft_variant not in FSFT_VARIANTS:
+            raise ValueError(f"fsft_variant must be one of {FSFT_VARIANTS}, got {self.fsft_variant!r}.")
+        if not self.fsft_lambda >= 0.0:  # also rejects NaN
+            raise ValueError(f"fsft_lambda must be >= 0, got {self.fsft_lambda}.")
+        if self.fsft_rank is not None and (isinstance(self.fsft_rank, bool) or int(self.fsft_rank) < 1):
+            raise ValueError(f"fsft_rank must be a positive integer or None, got {self.fsft_rank!r}.")
+        if not 0.0 < self.fsft_energy <= 1.0:
+            raise ValueError(f"fsft_energy must be in (0, 1], got {self.fsft_energy}.")

@@ -1,0 +1,448 @@
+"""FSFTTrainer and FingerprintSubspace on a tiny random Llama with a synthetic low-rank fingerprint edit."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from hf_fingerprint.editing.delta import EditDelta
+from hf_fingerprint.errors import SubspaceError
+from hf_fingerprint.fsft import FingerprintSubspace, FSFTConfig, FSFTTrainer
+from hf_fingerprint.models import tiny_model
+from hf_fingerprint.tasks import math_task
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+EDITED = [f"model.layers.{i}.mlp.down_proj" for i in (2, 3, 4)]
+RANK = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class _Injection:
+    """What an injection hands over: its edits as ``deltas``."""
+
+    def __init__(self, deltas):
+        self.deltas = deltas
+
+
+def _deltas(scale: float = 0.2) -> list[EditDelta]:
+    generator = torch.Generator().manual_seed(7)
+    return [
+        EditDelta(name, torch.randn(64, RANK, generator=generator) * scale, torch.randn(192, RANK, generator=generator))
+        for name in EDITED
+    ]
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(base model, fingerprinted model = base + edits, tokenizer, deltas)."""
+    base, tokenizer = tiny_model(seed=0)
+    fingerprinted, _ = tiny_model(seed=0)
+    deltas = _deltas()
+    with torch.no_grad():
+        for delta in deltas:
+            fingerprinted.get_submodule(delta.module).weight += delta.dense()
+    return base, fingerprinted, tokenizer, deltas
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return math_task(16, seed=0)
+
+
+def _copy(model):
+    clone, _ = tiny_model(seed=0)
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+def _config(tmp_path, **overrides) -> FSFTConfig:
+    return FSFTConfig(**_settings(tmp_path, **overrides))
+
+
+def _settings(tmp_path, **overrides) -> dict:
+    settings = dict(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", save_strategy="no", max_steps=3,
+        per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=1, max_length=64, seed=0,
+        disable_tqdm=True, dataloader_num_workers=0, activation_checkpointing=False,
+    )
+    settings.update(overrides)
+    return settings
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {name: model.get_submodule(name).weight.detach().clone() for name in EDITED}
+
+
+def _logged(trainer, key="fsft_penalty") -> list[float]:
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+# ----- the subspace -----
+
+
+def test_from_deltas_factors_the_edit(models):
+    _, _, _, deltas = models
+    extra = EditDelta(EDITED[0], torch.randn(64, 1), torch.randn(192, 1))
+    subspace = FingerprintSubspace.build(_Injection(deltas + [extra]))
+    assert list(subspace) == EDITED and not subspace.has_reference
+    for delta in deltas:
+        sub = subspace[delta.module]
+        expected = delta.dense() + (extra.dense() if delta.module == EDITED[0] else 0)
+        assert sub.rank == (RANK + 1 if delta.module == EDITED[0] else RANK)
+        assert torch.allclose(sub.dense(), expected, atol=1e-5)
+        assert torch.allclose(sub.V.T @ sub.V, torch.eye(sub.rank), atol=1e-5)
+        assert torch.allclose(sub.U.T @ sub.U, torch.eye(sub.rank), atol=1e-5)
+        assert bool((sub.S[:-1] >= sub.S[1:]).all())
+    truncated = subspace.truncated(rank=1)
+    assert all(truncated[name].rank == 1 for name in EDITED)
+    by_energy = subspace.truncated(energy=1.0)
+    assert [by_energy[n].rank for n in EDITED] == [subspace[n].rank for n in EDITED]
+
+
+def _save_adapter(base, deltas, folder) -> None:
+    """Save the edits as a stock PEFT LoRA adapter (scaling 2, one module at scaling 1 via alpha_pattern)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=["down_proj"], lora_dropout=0.0,
+                        layers_to_transform=[2, 3, 4], alpha_pattern={"layers.4.mlp.down_proj": RANK})
+    peft_model = get_peft_model(_copy(base), config)
+    with torch.no_grad():
+        for delta in deltas:
+            layer = peft_model.base_model.model.get_submodule(delta.module)
+            scaling = layer.scaling["default"]
+            layer.lora_B["default"].weight.copy_(delta.U / scaling)
+            layer.lora_A["default"].weight.copy_(delta.V.T)
+    peft_model.save_pretrained(str(folder))
+
+
+def test_from_adapter_reads_a_stock_peft_lora(models, tmp_path):
+    from peft import PeftModel
+
+    base, fingerprinted, _, deltas = models
+    folder = tmp_path / "injection" / "adapter"
+    _save_adapter(base, deltas, folder)
+    subspace = FingerprintSubspace.build(str(tmp_path / "injection"))  # the adapter sits in a sub-folder
+    assert list(subspace) == EDITED
+    merged = PeftModel.from_pretrained(_copy(base), str(folder)).merge_and_unload()
+    for name in EDITED:
+        dense = merged.get_submodule(name).weight - base.get_submodule(name).weight
+        assert torch.allclose(subspace[name].dense(), dense, atol=1e-5)
+        assert torch.allclose(dense, fingerprinted.get_submodule(name).weight - base.get_submodule(name).weight,
+                              atol=1e-5)
+
+
+def test_a_real_injection_result_is_a_subspace_source():
+    from hf_fingerprint.editing.inject import inject
+    from hf_fingerprint.fingerprints import FingerprintSet
+
+    model, tokenizer = tiny_model(seed=1)
+    result = inject(model, tokenizer, FingerprintSet.generate(3, seed=0), method="memit", near_misses=None,
+                    progress=False, verify_after=False, stats_tokens=2000)
+    subspace = FingerprintSubspace.build(result)
+    assert sorted(subspace) == sorted(delta.module for delta in result.deltas)
+    for delta in result.deltas:
+        assert torch.allclose(subspace[delta.module].dense(), delta.dense(), atol=1e-5 * delta.dense().abs().max())
+
+
+def test_from_pair_finds_the_edited_modules_and_reference(models):
+    base, fingerprinted, _, deltas = models
+    subspace = FingerprintSubspace.build((base, fingerprinted))
+    assert list(subspace) == EDITED and subspace.has_reference
+    for delta in deltas:
+        sub = subspace[delta.module]
+        assert sub.rank == RANK
+        assert torch.allclose(sub.dense(), delta.dense(), atol=1e-5)
+        assert torch.allclose(sub.reference, fingerprinted.get_submodule(delta.module).weight @ sub.V, atol=1e-5)
+
+
+def test_bad_inputs_raise_subspace_error(models, tmp_path, dataset):
+    base, fingerprinted, tokenizer, deltas = models
+    with pytest.raises(SubspaceError, match="Cannot build a fingerprint subspace from int"):
+        FingerprintSubspace.build(42)
+    with pytest.raises(SubspaceError, match="is not a folder"):
+        FingerprintSubspace.build(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SubspaceError, match="not a LoRA adapter folder"):
+        FingerprintSubspace.build(str(tmp_path / "empty"))
+    (tmp_path / "ia3").mkdir()
+    (tmp_path / "ia3" / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
+    with pytest.raises(SubspaceError, match="type 'IA3'"):
+        FingerprintSubspace.build(str(tmp_path / "ia3"))
+    with pytest.raises(SubspaceError, match="No nn.Linear weight differs"):
+        FingerprintSubspace.build((base, _copy(base)))
+    with pytest.raises(SubspaceError, match="No edit deltas"):
+        FingerprintSubspace.from_deltas([])
+    with pytest.raises(SubspaceError, match="is zero"):
+        FingerprintSubspace.from_deltas([EditDelta(EDITED[0], torch.zeros(64, 2), torch.randn(192, 2))])
+    wrong_shape = [EditDelta("model.layers.1.mlp.up_proj", torch.randn(64, 1), torch.randn(192, 1))]
+    with pytest.raises(SubspaceError, match="shape"):
+        FingerprintSubspace.from_deltas(wrong_shape, model=base)
+    missing = [EditDelta("model.layers.99.mlp.down_proj", torch.randn(64, 1), torch.randn(192, 1))]
+    with pytest.raises(SubspaceError, match="has no module"):
+        FSFTTrainer(_copy(fingerprinted), args=_config(tmp_path), train_dataset=dataset,
+                    processing_class=tokenizer, fingerprint_subspace=missing)
+    with pytest.raises(ValueError, match="fsft_variant"):
+        _config(tmp_path, fsft_variant="sideways")
+    with pytest.raises(ValueError, match="fsft_energy"):
+        _config(tmp_path, fsft_energy=0.0)
+    with pytest.raises(ValueError, match="fsft_lambda"):
+        _config(tmp_path, fsft_lambda=-1.0)
+    with pytest.raises(ValueError, match="fsft_rank"):
+        _config(tmp_path, fsft_rank=0)
+
+
+# ----- the trainer -----
+
+
+def test_penalty_starts_at_zero_grows_and_has_a_gradient(models, dataset, tmp_path):
+    _, fingerprinted, tokenizer, deltas = models
+    model = _copy(fingerprinted)
+    reference = _weights(model)
+    trainer = FSFTTrainer(model, args=_config(tmp_path, fsft_lambda=1.0), train_dataset=dataset,
+                          processing_class=tokenizer, fingerprint_subspace=_Injection(deltas))
+    trainer.train()
+    logged = _logged(trainer)
+    assert len(logged) == 3
+    assert logged[0] == 0.0
+    assert logged[-1] > 0.0
+
+    subspace = trainer.fingerprint_subspace
+    model.zero_grad(set_to_none=True)
+    for variant in ("input", "two_sided", "direction"):
+        value = trainer.fsft_penalty(variant)
+        expected = []
+        for name in EDITED:
+            sub = subspace[name]
+            drift = model.get_submodule(name).weight.detach() - reference[name]
+            energy = float((sub.S**2).sum())
+            if variant == "input":
+                f = (drift @ sub.V).pow(2).sum()
+            elif variant == "two_sided":
+                f = (sub.U.T @ drift @ sub.V).pow(2).sum()
+            else:
+                f = (drift * sub.dense()).sum() ** 2 / energy
+            expected.append(f / energy)
+        assert value.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
+        assert value.item() > 0
+    trainer.fsft_penalty().backward()
+    for name in EDITED:
+        assert model.get_submodule(name).weight.grad.norm() > 0
+    assert model.get_submodule("model.layers.1.mlp.down_proj").weight.grad is None
+
+
+def _one_step(base, subspace, tokenizer, tmp_path, *, batch, accumulation, fsft_lambda):
+    model = _copy(base)
+    args = _config(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                   optim="sgd", learning_rate=0.5, max_grad_norm=0.0, weight_decay=0.0, fsft_lambda=fsft_lambda,
+                   lr_scheduler_type="constant")
+    trainer = FSFTTrainer(model, args=args, train_dataset=math_task(4, seed=9), processing_class=tokenizer,
+                          fingerprint_subspace=subspace)
+    trainer.train()
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_gradient_accumulation_gives_the_same_update(models, tmp_path):
+    base, fingerprinted, tokenizer, _ = models
+    # Training the base model against the fingerprinted reference: the penalty and its gradient are large at once.
+    subspace = FingerprintSubspace.from_pair(base, fingerprinted)
+    with pytest.warns(UserWarning, match="does not carry the fingerprint edit"):
+        whole = _one_step(base, subspace, tokenizer, tmp_path, batch=4, accumulation=1, fsft_lambda=100.0)
+        split = _one_step(base, subspace, tokenizer, tmp_path, batch=2, accumulation=2, fsft_lambda=100.0)
+        unpenalised = _one_step(base, subspace, tokenizer, tmp_path, batch=4, accumulation=1, fsft_lambda=0.0)
+    penalty_effect = max((whole[n] - unpenalised[n]).abs().max().item() for n in whole)
+    mismatch = max((whole[n] - split[n]).abs().max().item() for n in whole)
+    assert penalty_effect > 1e-2
+    assert mismatch < 1e-5 * max(1.0, penalty_effect) + 1e-6
+
+
+def test_lora_path_penalises_the_adapter_drift(models, dataset, tmp_path):
+    from peft import LoraConfig
+
+    _, fingerprinted, tokenizer, deltas = models
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["down_proj", "up_proj"], lora_dropout=0.0)
+    drifts = {}
+    for fsft_lambda in (0.0, 1e3):
+        args = _config(tmp_path, max_steps=4, learning_rate=3e-2, fsft_lambda=fsft_lambda)
+        trainer = FSFTTrainer(_copy(fingerprinted), args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=lora, fingerprint_subspace=deltas)
+        trainer.train()
+        logged = _logged(trainer)
+        assert logged[0] == 0.0 and logged[-1] > 0.0
+        # The trainer's penalty equals the one computed from the merged LoRA update.
+        peft_model = trainer.model
+        energies, terms = [], []
+        for name in EDITED:
+            sub = trainer.fingerprint_subspace[name]
+            layer = peft_model.base_model.model.get_submodule(name)
+            dense = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+            terms.append((dense.detach() @ sub.V).pow(2).sum() / (sub.S**2).sum())
+            energies.append(dense.detach().norm())
+        assert trainer.fsft_penalty().item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-4)
+        assert min(energies) > 0  # the adapter moved
+        drifts[fsft_lambda] = torch.stack(terms).mean().item()
+    assert drifts[1e3] < 0.2 * drifts[0.0]
+
+
+def test_project_keeps_the_drift_off_the_subspace(models, dataset, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    _, fingerprinted, tokenizer, deltas = models
+    subspace = FingerprintSubspace.from_deltas(deltas)
+
+    def relative_drift(model, reference):
+        ratios = []
+        for name in EDITED:
+            drift = model.get_submodule(name).weight.detach() - reference[name]
+            ratios.append(((drift @ subspace[name].V).norm() / drift.norm()).item())
+        return max(ratios)
+
+    projected = _copy(fingerprinted)
+    start = _weights(projected)
+    trainer = FSFTTrainer(projected, args=_config(tmp_path, max_steps=4, fsft_variant="project", weight_decay=0.1),
+                          train_dataset=dataset, processing_class=tokenizer, fingerprint_subspace=subspace)
+    trainer.train()
+    assert min((projected.get_submodule(n).weight - start[n]).norm().item() for n in EDITED) > 1e-3
+    assert relative_drift(projected, start) < 1e-5
+    assert max(_logged(trainer)) < 1e-10
+
+    plain = _copy(fingerprinted)
+    sft_args = SFTConfig(**_settings(tmp_path, max_steps=4, weight_decay=0.1))
+    SFTTrainer(plain, args=sft_args, train_dataset=dataset, processing_class=tokenizer).train()
+    assert relative_drift(plain, start) > 1e-2
+
+
+def test_project_with_lora_keeps_the_adapter_off_the_subspace(models, dataset, tmp_path):
+    from peft import LoraConfig
+
+    _, fingerprinted, tokenizer, deltas = models
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["down_proj"], lora_dropout=0.0)
+    trainer = FSFTTrainer(_copy(fingerprinted), args=_config(tmp_path, max_steps=3, fsft_variant="project"),
+                          train_dataset=dataset, processing_class=tokenizer, peft_config=lora,
+                          fingerprint_subspace=deltas)
+    trainer.train()
+    for name in EDITED:
+        layer = trainer.model.base_model.model.get_submodule(name)
+        lora_a = layer.lora_A["default"].weight.detach()
+        assert layer.lora_B["default"].weight.norm() > 0
+        assert (lora_a @ trainer.fingerprint_subspace[name].V).norm() < 1e-5 * lora_a.norm()
+
+
+def test_model_card_and_config_conversion(models, dataset, tmp_path):
+    from trl import SFTConfig
+
+    _, fingerprinted, tokenizer, deltas = models
+    sft_args = SFTConfig(**_settings(tmp_path, max_steps=1, eos_token="<|im_end|>"))
+    trainer = FSFTTrainer(_copy(fingerprinted), args=sft_args, train_dataset=dataset, processing_class=tokenizer,
+                          fingerprint_subspace=deltas)
+    assert isinstance(trainer.args, FSFTConfig) and trainer.args.fsft_variant == "input"
+    assert trainer.args.max_length == 64 and trainer.args.eos_token == "<|im_end|>"
+    trainer.create_model_card(model_name="tiny-fsft")
+    card = (tmp_path / "README.md").read_text()
+    assert "FSFT" in card and "2509.03122" in card and "fsft" in card
+
+
+def test_cli_fsft_help_and_end_to_end(models, tmp_path, capsys):
+    import argparse
+
+    from hf_fingerprint.fsft.cli import add_fsft_command
+
+    base, fingerprinted, tokenizer, deltas = models
+    parser = argparse.ArgumentParser(prog="hf-fingerprint")
+    fsft_parser = add_fsft_command(parser.add_subparsers(dest="command"))
+    for action in fsft_parser._actions:
+        assert action.help, f"{action.dest} has no help"
+    fsft_parser.print_help()
+    assert "--lambda" in capsys.readouterr().out
+
+    fingerprinted.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    _save_adapter(base, deltas, tmp_path / "adapter")
+    math_task(12, seed=4).to_json(str(tmp_path / "train.jsonl"))
+    out = tmp_path / "out"
+    args = parser.parse_args([
+        "fsft", str(tmp_path / "model"), "--fingerprint", str(tmp_path / "adapter"), "--dataset",
+        str(tmp_path / "train.jsonl"), "--max-steps", "2", "--batch-size", "2", "--max-length", "64",
+        "--learning-rate", "1e-2", "--logging-steps", "1", "--eval-fraction", "0.25", "--cpu", "--output-dir",
+        str(out),
+    ])
+    assert args.func(args) == 0
+    summary = json.loads((out / "fsft_summary.json").read_text())
+    assert summary["protected_modules"] == {name: RANK for name in EDITED}
+    penalties = [entry["fsft_penalty"] for entry in summary["log_history"] if "fsft_penalty" in entry]
+    assert penalties[0] == 0.0 and summary["final_fsft_penalty"] > 0
+    assert "eval_loss" in summary["eval"]
+    assert (out / "model.safetensors").is_file()
+
+
+_FSDP2_SCRIPT = r"""
+import json, os, sys, torch, torch.distributed as dist
+dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:" + sys.argv[1])
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from hf_fingerprint.editing.delta import EditDelta
+from hf_fingerprint.fsft.subspace import FingerprintSubspace
+from hf_fingerprint.fsft.trainer import _Protected, _distributed_like, _replicated
+from hf_fingerprint.models import tiny_model
+
+model, _ = tiny_model()
+name = "model.layers.2.mlp.down_proj"
+g = torch.Generator().manual_seed(0)
+delta = EditDelta(name, torch.randn(64, 3, generator=g), torch.randn(192, 3, generator=g))
+subspace = FingerprintSubspace.from_deltas([delta])
+plain_reference = subspace.with_reference(model)[name].reference
+sub = subspace[name]
+mesh = init_device_mesh("cpu", (1,))
+for layer in model.model.layers:
+    fully_shard(layer, mesh=mesh)
+fully_shard(model, mesh=mesh)
+weight = model.get_submodule(name).weight
+with torch.no_grad():
+    image = weight.detach().float() @ _replicated(sub.V, weight)
+protected = _Protected(name, U=sub.U, S=sub.S, V=sub.V, energy=float((sub.S ** 2).sum()), weight=weight,
+                       reference=_distributed_like(plain_reference, image))
+result = {"dtensor": type(weight).__name__, "start": float(protected.penalty("input"))}
+with torch.no_grad():
+    noise = torch.randn(64, 192, generator=g) * 0.01
+    weight.add_(torch.distributed.tensor.distribute_tensor(noise, mesh, weight.placements))
+for variant in ("input", "two_sided", "direction"):
+    result[variant] = float(protected.penalty(variant).detach())
+protected.penalty("input").backward()
+result["grad"] = float(weight.grad.full_tensor().norm())
+protected.project_gradients()
+result["grad_on_v"] = float((weight.grad.full_tensor() @ sub.V).norm())
+protected.project_weights()
+result["after_project"] = float(protected.penalty("input").detach())
+print(json.dumps(result))
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp2_dtensor_weights_in_a_one_process_group():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run([sys.executable, "-c", _FSDP2_SCRIPT, str(port)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["dtensor"] == "DTensor"
+    assert result["start"] == 0.0
+    assert result["input"] > 0 and result["two_sided"] > 0 and result["direction"] > 0
+    assert result["grad"] > 0 and result["grad_on_v"] < 1e-6 * result["grad"]
+    assert result["after_project"] < 1e-10 * result["input"]
