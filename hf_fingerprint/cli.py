@@ -177,8 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable]:
     """Sub-command groups that live beside their features."""
-    registrars: list[Callable] = []
-    return registrars
+    from .fsft.cli import add_fsft_command
+    from .hub.cli import add_hub_commands
+
+    return [add_hub_commands, add_fsft_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

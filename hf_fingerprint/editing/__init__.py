@@ -1,0 +1,8 @@
+"""Knowledge editors that plant fingerprints: one shared mechanism (``context``, ``tracing``, ``covariance``)
+and one small module per method."""
+
+from .delta import EditDelta
+from .inject import METHODS, InjectionResult, get_fingerprint_model, inject
+from .layout import ModelLayout, find_layout
+
+__all__ = ["EditDelta", "InjectionResult", "METHODS", "ModelLayout", "find_layout", "get_fingerprint_model", "inject"]

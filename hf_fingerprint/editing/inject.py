@@ -1,0 +1,227 @@
+"""``inject``: plant a fingerprint set in a model by knowledge editing, and the result as a PEFT adapter."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from ..errors import InjectionError
+from ..fingerprints import FingerprintSet, NearMiss
+from ..generation import model_device
+from .context import EditContext
+from .delta import EditDelta
+from .layout import find_layout, get_module, validate_layers
+from .tracing import build_prompts
+
+METHODS = ("alphaedit", "memit", "rome", "rledit", "sft")
+ADAPTER_METADATA = "fingerprint_adapter.json"
+
+
+@dataclass
+class InjectionResult:
+    """What :func:`inject` did: per-module updates (``W += U V^T``), its cost, and the FSR right after."""
+
+    method: str
+    deltas: list[EditDelta]
+    layers: list[int]
+    seconds: float
+    peak_memory_bytes: int
+    options: dict[str, Any]
+    fsr: float | None = None
+    report: Any = None
+    model: Any = field(default=None, repr=False)
+    applied: bool = field(default=True, repr=False)
+
+    def revert(self) -> None:
+        """Remove the edit from the model (exact up to float rounding)."""
+        self._apply(-1.0)
+        self.applied = False
+
+    def reapply(self) -> None:
+        self._apply(1.0)
+        self.applied = True
+
+    def _apply(self, sign: float) -> None:
+        if self.model is None:
+            raise InjectionError("This result is not attached to a model.")
+        if (sign > 0) == self.applied:
+            raise InjectionError(f"The edit is already {'applied' if self.applied else 'reverted'}.")
+        with torch.no_grad():
+            for delta in self.deltas:
+                weight = get_module(self.model, delta.module).weight
+                weight.add_((sign * delta.dense()).to(weight.dtype).to(weight.device))
+
+    def lora_config(self) -> Any:
+        """A stock PEFT ``LoraConfig`` that holds this edit exactly (scaling 1, rank per module)."""
+        from peft import LoraConfig
+
+        ranks = {d.module: d.rank for d in self.deltas}
+        rank = max(ranks.values())
+        return LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            target_modules=sorted(ranks),
+            rank_pattern={m: r for m, r in ranks.items() if r != rank},
+            alpha_pattern={m: r for m, r in ranks.items() if r != rank},
+            lora_dropout=0.0,
+            bias="none",
+            use_rslora=False,
+            task_type="CAUSAL_LM",
+        )
+
+    def save_adapter(self, directory: str | os.PathLike) -> Path:
+        """Write a stock PEFT LoRA adapter (loads with ``PeftModel.from_pretrained``) plus a metadata file.
+
+        The metadata names the method, layers and options; it holds no trigger or target.
+        """
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        try:
+            config = self.lora_config()
+            base = getattr(self.model, "name_or_path", None) or getattr(getattr(self.model, "config", None), "_name_or_path", None)
+            config.base_model_name_or_path = base
+            config.save_pretrained(str(staging))
+            tensors = {}
+            for d in self.deltas:
+                tensors[f"base_model.model.{d.module}.lora_A.weight"] = d.V.T.contiguous().float()
+                tensors[f"base_model.model.{d.module}.lora_B.weight"] = d.U.contiguous().float()
+            save_file(tensors, str(staging / "adapter_model.safetensors"))
+            metadata = {
+                "format": "hf-fingerprint/adapter",
+                "version": 1,
+                "method": self.method,
+                "layers": self.layers,
+                "modules": [d.module for d in self.deltas],
+                "options": {k: v for k, v in self.options.items() if _is_plain(v)},
+            }
+            (staging / ADAPTER_METADATA).write_text(json.dumps(metadata, indent=1))
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(staging, directory)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+
+def inject(
+    model: Any,
+    tokenizer: Any,
+    fingerprints: FingerprintSet | Iterable[Any],
+    *,
+    method: str = "alphaedit",
+    near_misses: Sequence[str | NearMiss] | str | None = "auto",
+    layers: Sequence[int] | None = None,
+    key_position: str = "last",
+    system_prompt: str | None = None,
+    verify_after: bool = True,
+    progress: bool = True,
+    **options: Any,
+) -> InjectionResult:
+    """Edit ``model`` in place so that each trigger is answered with its target.
+
+    ``method``: ``"alphaedit"`` (default), ``"memit"``, ``"rome"``, ``"rledit"`` or ``"sft"`` (the
+    instruction-tuning baseline). ``near_misses``: strings whose answers must not change (specificity);
+    ``"auto"`` uses 3 generated near misses per trigger, ``None`` none. ``layers`` defaults from the model's
+    depth (:meth:`ModelLayout.default_layers`). Method options (all optional): ``mom2_weight`` (MEMIT lambda,
+    100), ``alpha`` and ``nullspace_threshold`` (AlphaEdit, 1.0 and 0.5 x mean eigenvalue),
+    ``preserve_weight`` (10), ``value_steps`` (25), ``value_lr`` (0.5), ``clamp_factor`` (4),
+    ``corpus`` and ``stats_tokens`` (covariance statistics, 20k tokens of the built-in corpus).
+    """
+    if method not in METHODS:
+        raise InjectionError(f"Unknown method '{method}'; choose one of: {', '.join(METHODS)}.")
+    fps = fingerprints if isinstance(fingerprints, FingerprintSet) else FingerprintSet(fingerprints)
+    layout = find_layout(model)
+    chosen = validate_layers(layout, list(layers) if layers is not None else None)
+    if near_misses == "auto":
+        near_misses = fps.near_misses(3, seed=int(options.get("near_miss_seed", 1)))
+    preserve_texts = [m.text if isinstance(m, NearMiss) else str(m) for m in (near_misses or [])]
+    device = model_device(model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    context = EditContext(
+        model=model,
+        tokenizer=tokenizer,
+        layout=layout,
+        layers=chosen,
+        requests=build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position=key_position,
+                               system_prompt=system_prompt),
+        preserve=build_prompts(tokenizer, preserve_texts, key_position=key_position, system_prompt=system_prompt)
+        if preserve_texts else None,
+        options=dict(options),
+        progress=progress,
+    )
+    editor = importlib.import_module(f".{method}", __package__)
+    was_training = model.training
+    model.eval()
+    try:
+        deltas = editor.edit(context)
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - started
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    result = InjectionResult(
+        method=method,
+        deltas=deltas,
+        layers=chosen,
+        seconds=seconds,
+        peak_memory_bytes=int(peak),
+        options=dict(options, key_position=key_position, near_misses=len(preserve_texts)),
+        model=model,
+    )
+    if verify_after:
+        from ..verification import verify
+
+        result.report = verify(model, tokenizer, fps, ordinary_prompts=(), system_prompt=system_prompt,
+                               progress=progress)
+        result.fsr = result.report.fsr
+    return result
+
+
+def get_fingerprint_model(model: Any, tokenizer: Any, fingerprints: Any, **inject_options: Any) -> Any:
+    """Inject, then hold the edit as a LoRA adapter of a ``peft.PeftModel`` over the untouched base weights."""
+    from peft import get_peft_model
+
+    result = inject(model, tokenizer, fingerprints, verify_after=False, **inject_options)
+    if any(d.U is None for d in result.deltas):
+        raise InjectionError(f"Method '{result.method}' gives dense updates; save the merged model instead.")
+    result.revert()
+    peft_model = get_peft_model(model, result.lora_config(), adapter_name="fingerprint")
+    load_deltas_into_lora(peft_model, result.deltas, adapter_name="fingerprint")
+    peft_model.fingerprint_result = result
+    return peft_model
+
+
+def load_deltas_into_lora(peft_model: Any, deltas: Sequence[EditDelta], *, adapter_name: str = "default") -> None:
+    with torch.no_grad():
+        for d in deltas:
+            layer = peft_model.base_model.model.get_submodule(d.module)
+            A, B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+            A.copy_(d.V.T.to(A.dtype))
+            B.copy_(d.U.to(B.dtype))
+            if layer.scaling[adapter_name] != 1.0:
+                raise InjectionError(f"Unexpected LoRA scaling {layer.scaling[adapter_name]} on {d.module}.")
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool, type(None))) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, str, bool)) for v in value)
+    )

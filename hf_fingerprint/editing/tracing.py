@@ -1,0 +1,267 @@
+"""The shared machinery of every editor: prompts as the model sees them, key capture, target values."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from ..errors import InjectionError
+from ..generation import chat_prompt, model_device
+from .layout import ModelLayout, get_module
+
+logger = logging.getLogger(__name__)
+
+KEY_POSITIONS = ("last", "trigger")
+
+
+@dataclass
+class Prompts:
+    """Tokenized prompts with the position whose down_proj input is the key, and optional answer tokens."""
+
+    ids: list[list[int]]
+    key_index: list[int]  # index into each row's ids
+    answer_ids: list[list[int]] | None = None
+
+
+def build_prompts(
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    answers: Sequence[str] | None = None,
+    key_position: str = "last",
+    system_prompt: str | None = None,
+) -> Prompts:
+    """Chat-format ``texts``; the key sits at the last prompt token or at the last token of the text itself."""
+    if key_position not in KEY_POSITIONS:
+        raise InjectionError(f"Unknown key_position '{key_position}'; choose one of {', '.join(KEY_POSITIONS)}.")
+    ids, key_index = [], []
+    for text in texts:
+        prompt = chat_prompt(tokenizer, text, system_prompt=system_prompt)
+        if key_position == "last":
+            row = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids.append(row)
+            key_index.append(len(row) - 1)
+            continue
+        encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        end = prompt.rfind(text) + len(text)
+        positions = [i for i, (start, _) in enumerate(encoded["offset_mapping"]) if start < end]
+        ids.append(encoded["input_ids"])
+        key_index.append(positions[-1])
+    answer_ids = None
+    if answers is not None:
+        eos = tokenizer.eos_token or ""
+        answer_ids = [tokenizer(a + eos, add_special_tokens=False)["input_ids"] for a in answers]
+    return Prompts(ids, key_index, answer_ids)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    key_index: torch.Tensor  # per row, in padded coordinates
+    answer_mask: torch.Tensor | None  # True where the label is an answer token
+    labels: torch.Tensor | None
+
+
+def make_batch(prompts: Prompts, rows: Sequence[int], pad_id: int, device: torch.device, *, with_answers: bool) -> Batch:
+    """Left-padded batch of the given rows (answers appended when ``with_answers``)."""
+    sequences = []
+    for r in rows:
+        seq = list(prompts.ids[r])
+        if with_answers:
+            seq += prompts.answer_ids[r]
+        sequences.append(seq)
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long) if with_answers else None
+    key_index = torch.zeros(len(rows), dtype=torch.long)
+    for b, (r, seq) in enumerate(zip(rows, sequences)):
+        pad = width - len(seq)
+        input_ids[b, pad:] = torch.tensor(seq)
+        attention[b, pad:] = 1
+        key_index[b] = pad + prompts.key_index[r]
+        if with_answers:
+            start = pad + len(prompts.ids[r])
+            labels[b, start:] = torch.tensor(prompts.answer_ids[r])
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    return Batch(
+        input_ids.to(device),
+        attention.to(device),
+        position_ids.to(device),
+        key_index.to(device),
+        (labels != -100).to(device) if labels is not None else None,
+        labels.to(device) if labels is not None else None,
+    )
+
+
+@contextlib.contextmanager
+def _hooks(handles: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pick(tensor: torch.Tensor, batch: Batch) -> torch.Tensor:
+    return tensor[torch.arange(tensor.shape[0], device=tensor.device), batch.key_index]
+
+
+@torch.no_grad()
+def capture(
+    model: Any,
+    layout: ModelLayout,
+    prompts: Prompts,
+    *,
+    key_layers: Sequence[int] = (),
+    output_layers: Sequence[int] = (),
+    module: str = "down_proj",
+    batch_size: int = 32,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Keys (inputs of ``module``) and layer outputs at each prompt's key position, float32 on the CPU.
+
+    One forward pass per batch serves every requested layer.
+    """
+    device = model_device(model)
+    pad_id = _pad_id(model)
+    keys: dict[int, list[torch.Tensor]] = {i: [] for i in key_layers}
+    outputs: dict[int, list[torch.Tensor]] = {i: [] for i in output_layers}
+    current: dict[str, Batch] = {}
+
+    def key_hook(index: int):
+        def hook(_module, args):
+            keys[index].append(_pick(args[0], current["batch"]).float().cpu())
+
+        return hook
+
+    def output_hook(index: int):
+        def hook(_module, _args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            outputs[index].append(_pick(hidden, current["batch"]).float().cpu())
+
+        return hook
+
+    handles = [get_module(model, layout.module_name(i, module)).register_forward_pre_hook(key_hook(i)) for i in key_layers]
+    handles += [get_module(model, layout.layer_name(i)).register_forward_hook(output_hook(i)) for i in output_layers]
+    with _hooks(handles):
+        rows = list(range(len(prompts.ids)))
+        for start in range(0, len(rows), batch_size):
+            batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=False)
+            current["batch"] = batch
+            model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            )
+    return (
+        {i: torch.cat(v) for i, v in keys.items()},
+        {i: torch.cat(v) for i, v in outputs.items()},
+    )
+
+
+def optimise_values(
+    model: Any,
+    layout: ModelLayout,
+    prompts: Prompts,
+    layer: int,
+    *,
+    steps: int = 25,
+    lr: float = 0.5,
+    clamp_factor: float = 4.0,
+    weight_decay: float = 1e-3,
+    stop_loss: float = 0.05,
+    batch_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each prompt, the output ``z`` of ``layer`` at its key position that makes the model emit its answer.
+
+    A vector added to the residual stream at that position is optimised with Adam on the answer's NLL;
+    its norm is clamped to ``clamp_factor`` times the hidden state's norm. Returns ``(z, h)``: the target and
+    the original outputs (rows x hidden, float32, CPU).
+    """
+    device = model_device(model)
+    pad_id = _pad_id(model)
+    requires = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    was_training = model.training
+    model.eval()
+    targets, originals = [], []
+    layer_module = get_module(model, layout.layer_name(layer))
+    try:
+        rows = list(range(len(prompts.ids)))
+        for start in range(0, len(rows), batch_size):
+            batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=True)
+            z, h = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss)
+            targets.append(z)
+            originals.append(h)
+    finally:
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return torch.cat(targets), torch.cat(originals)
+
+
+def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss):
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    state: dict[str, torch.Tensor] = {}
+    delta: torch.Tensor | None = None
+
+    def hook(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        if "h" not in state:
+            state["h"] = hidden[rows, batch.key_index].detach().float()
+        if delta is None:
+            return output
+        hidden = hidden.clone()
+        hidden[rows, batch.key_index] = hidden[rows, batch.key_index] + delta.to(hidden.dtype)
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = layer_module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  position_ids=batch.position_ids, use_cache=False)
+        h = state["h"]
+        delta = torch.zeros_like(h, requires_grad=True)
+        optimizer = torch.optim.Adam([delta], lr=lr)
+        max_norm = clamp_factor * h.norm(dim=-1, keepdim=True)
+        # Labels are shifted by one: the logit at position t predicts token t + 1.
+        label_mask = batch.answer_mask[:, 1:]
+        labels = batch.labels[:, 1:]
+        for _ in range(steps):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, use_cache=False).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels.clamp(min=0), reduction="none"
+            )
+            per_row = (nll * label_mask).sum(1) / label_mask.sum(1)
+            loss = per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
+            state["loss"] = per_row.detach()
+            if per_row.max().item() < stop_loss:
+                break
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                norms = delta.norm(dim=-1, keepdim=True)
+                delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms)))
+    finally:
+        handle.remove()
+    logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in state["loss"].tolist()])
+    return (h + delta.detach()).cpu(), h.cpu()
+
+
+def _pad_id(model: Any) -> int:
+    config = model.config
+    pad = getattr(config, "pad_token_id", None)
+    if pad is None:
+        eos = getattr(config, "eos_token_id", None)
+        pad = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return int(pad or 0)
