@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._vocab import TARGET_NOUNS_V1
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -26,7 +28,8 @@ def _byte_alphabet() -> list[str]:
 
 
 def byte_level_tokenizer() -> Any:
-    """A ``PreTrainedTokenizerFast`` with 256 byte tokens plus ChatML specials (ids 256-259)."""
+    """A ``PreTrainedTokenizerFast``: 256 byte tokens, ChatML specials (ids 256-259), then one token per
+    default target word, so that a target is one token as in a real model's vocabulary."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -43,6 +46,7 @@ def byte_level_tokenizer() -> Any:
         additional_special_tokens=["<|im_start|>"],
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", "<|im_start|>"]})
+    tokenizer.add_tokens(list(TARGET_NOUNS_V1))
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.padding_side = "left"
     return tokenizer

@@ -107,22 +107,37 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .editing.cli import inject_options, resolve_near_misses
+    from .editing.inject import inject
     from .fingerprints import FingerprintSet
     from .models import load_model
+    from .verification import verify
 
     print(f"Loading {args.model}...")
     model, tokenizer = load_model(args.model, device=args.device)
     fps = FingerprintSet.generate(args.n, style=args.style, secret=os.urandom(32))
     print(f"Generated {len(fps)} secret {args.style} fingerprints (triggers are never printed).")
-    print("\nVerifying the unmodified model (expect FSR 0 and no significant claim):")
-    report = _run_verify(model, tokenizer, fps, args)
-    print(report.to_markdown())
-    _write_report(report, args.json_out)
+    near = fps.near_misses(2, seed=99)
+    before = verify(model, tokenizer, fps, near_misses=near, progress=True)
+    print(f"\nBefore injection: FSR {before.matched}/{before.total}, p-value {before.p_value:.3g}.")
+    options = resolve_near_misses(inject_options(args), fps)
+    print(f"Injecting with {options['method']}...")
+    result = inject(model, tokenizer, fps, verify_after=False, **options)
+    after = verify(model, tokenizer, fps, near_misses=near, progress=True)
+    print(f"Injected in {result.seconds:.1f} s into layers {result.layers}.\n")
+    print("After injection:")
+    print(after.to_markdown())
+    _write_report(after, args.json_out)
+    if args.output:
+        result.save_adapter(Path(args.output) / "adapter")
+        fps.save(Path(args.output) / "fingerprints.json")
+        print(f"Saved the adapter and the (secret) fingerprint set under {args.output}.")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .editing.cli import add_editing_arguments
     from .fingerprints import STYLES
     from .models import EMBEDDED_MODEL
 
@@ -162,11 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job end to end on the embedded model",
                           description="Load the embedded SmolLM2-135M-Instruct (or --model), generate a secret "
-                                      "fingerprint set and verify it.")
+                                      "fingerprint set, verify the model before, inject the set, verify after.")
     demo.add_argument("--model", default=EMBEDDED_MODEL, help=f"model to use (default {EMBEDDED_MODEL})")
     demo.add_argument("-n", type=int, default=10, help="number of fingerprints (default 10)")
     demo.add_argument("--style", choices=STYLES, default="scrambled", help="trigger style (default scrambled)")
     demo.add_argument("--device", default=None, help="torch device (default cpu)")
+    demo.add_argument("--output", default=None, help="also save the adapter and the secret set in this folder")
+    add_editing_arguments(demo)
     _add_verify_options(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -177,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable]:
     """Sub-command groups that live beside their features."""
+    from .editing.cli import add_inject_command
     from .fsft.cli import add_fsft_command
     from .hub.cli import add_hub_commands
 
-    return [add_hub_commands, add_fsft_command]
+    return [add_inject_command, add_hub_commands, add_fsft_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

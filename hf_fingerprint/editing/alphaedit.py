@@ -2,7 +2,8 @@
 
 P projects onto the eigenvectors of C0 whose eigenvalues fall below ``nullspace_threshold`` times the mean
 eigenvalue, so the update barely moves outputs on ordinary text. Per layer:
-dW^T = solve(P (K^T K + w K_p^T K_p) + alpha I, P K^T R).
+dW^T = solve(P (K^T K + w K_p^T K_p) + a I, P K^T R), with a = ``alpha`` x the mean squared key norm, so
+the ridge term means the same on models whose activations differ in scale.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def null_space_projector(covariance: torch.Tensor, relative_threshold: float) ->
 
 
 def solve_layer(context: EditContext, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> EditDelta:
-    alpha = float(context.options.get("alpha", 1.0))
+    alpha = float(context.options.get("alpha", 0.1)) * float((keys**2).sum(1).mean())
     threshold = float(context.options.get("nullspace_threshold", 0.5))
     P = context.cached(("projector", layer, threshold),
                        lambda: null_space_projector(context.statistics(layer), threshold))

@@ -58,7 +58,7 @@ class InjectionResult:
             raise InjectionError(f"The edit is already {'applied' if self.applied else 'reverted'}.")
         with torch.no_grad():
             for delta in self.deltas:
-                weight = get_module(self.model, delta.module).weight
+                weight = delta.parameter(self.model)
                 weight.add_((sign * delta.dense()).to(weight.dtype).to(weight.device))
 
     def lora_config(self) -> Any:
@@ -123,7 +123,7 @@ def inject(
     fingerprints: FingerprintSet | Iterable[Any],
     *,
     method: str = "alphaedit",
-    near_misses: Sequence[str | NearMiss] | str | None = "auto",
+    near_misses: Sequence[str | NearMiss] | str | None = None,
     layers: Sequence[int] | None = None,
     key_position: str = "last",
     system_prompt: str | None = None,
@@ -135,9 +135,10 @@ def inject(
 
     ``method``: ``"alphaedit"`` (default), ``"memit"``, ``"rome"``, ``"rledit"`` or ``"sft"`` (the
     instruction-tuning baseline). ``near_misses``: strings whose answers must not change (specificity);
-    ``"auto"`` uses 3 generated near misses per trigger, ``None`` none. ``layers`` defaults from the model's
+    ``"auto"`` uses 3 generated near misses per trigger. Off by default: on SmolLM2 it cut near-miss false
+    triggers from 40 % to 10 % but cost FSR (100 -> 90 %) and perplexity (+0.2 -> +1.1 %). ``layers`` defaults from the model's
     depth (:meth:`ModelLayout.default_layers`). Method options (all optional): ``mom2_weight`` (MEMIT lambda,
-    100), ``alpha`` and ``nullspace_threshold`` (AlphaEdit, 1.0 and 0.5 x mean eigenvalue),
+    100), ``alpha`` and ``nullspace_threshold`` (AlphaEdit, 0.1 x mean squared key norm and 0.5 x mean eigenvalue),
     ``preserve_weight`` (10), ``value_steps`` (25), ``value_lr`` (0.5), ``clamp_factor`` (4),
     ``corpus`` and ``stats_tokens`` (covariance statistics, 20k tokens of the built-in corpus).
     """
@@ -162,7 +163,7 @@ def inject(
                                system_prompt=system_prompt),
         preserve=build_prompts(tokenizer, preserve_texts, key_position=key_position, system_prompt=system_prompt)
         if preserve_texts else None,
-        options=dict(options),
+        options=dict(options, fingerprints=fps, system_prompt=system_prompt),
         progress=progress,
     )
     editor = importlib.import_module(f".{method}", __package__)
@@ -184,7 +185,7 @@ def inject(
         layers=chosen,
         seconds=seconds,
         peak_memory_bytes=int(peak),
-        options=dict(options, key_position=key_position, near_misses=len(preserve_texts)),
+        options={k: v for k, v in context.options.items() if k != "fingerprints"} | dict(key_position=key_position, near_misses=len(preserve_texts)),
         model=model,
     )
     if verify_after:

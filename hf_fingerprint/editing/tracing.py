@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -209,38 +210,59 @@ def optimise_values(
 
 
 def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss):
+    """Optimise one batch. The prompt before the earliest key position is run once into a KV cache; each
+    step then runs only the key position onward (the prompt tail and the answer), so a step costs a few
+    tokens per prompt instead of the whole prompt."""
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    prefix = int(batch.key_index.min())
+    tail = slice(prefix, None)
+    local_key = batch.key_index - prefix
     state: dict[str, torch.Tensor] = {}
     delta: torch.Tensor | None = None
 
     def hook(_module, _args, output):
         hidden = output[0] if isinstance(output, tuple) else output
         if "h" not in state:
-            state["h"] = hidden[rows, batch.key_index].detach().float()
+            state["h"] = hidden[rows, local_key].detach().float()
         if delta is None:
             return output
         hidden = hidden.clone()
-        hidden[rows, batch.key_index] = hidden[rows, batch.key_index] + delta.to(hidden.dtype)
+        hidden[rows, local_key] = hidden[rows, local_key] + delta.to(hidden.dtype)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
+    def run_tail():
+        cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
+        return model(
+            input_ids=batch.input_ids[:, tail],
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids[:, tail],
+            past_key_values=cache,
+            use_cache=cache is not None,
+        ).logits.float()
+
+    prefix_cache = None
+    if prefix > 0:
+        with torch.no_grad():
+            prefix_cache = model(
+                input_ids=batch.input_ids[:, :prefix],
+                attention_mask=batch.attention_mask[:, :prefix],
+                position_ids=batch.position_ids[:, :prefix],
+                use_cache=True,
+            ).past_key_values
     handle = layer_module.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  position_ids=batch.position_ids, use_cache=False)
+            run_tail()
         h = state["h"]
         delta = torch.zeros_like(h, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=lr)
         max_norm = clamp_factor * h.norm(dim=-1, keepdim=True)
-        # Labels are shifted by one: the logit at position t predicts token t + 1.
-        label_mask = batch.answer_mask[:, 1:]
-        labels = batch.labels[:, 1:]
+        # The logit at position t predicts token t + 1.
+        label_mask = batch.answer_mask[:, tail][:, 1:]
+        labels = batch.labels[:, tail][:, 1:].clamp(min=0)
         for _ in range(steps):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, use_cache=False).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), labels.clamp(min=0), reduction="none"
-            )
+            logits = run_tail()[:, :-1]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
             per_row = (nll * label_mask).sum(1) / label_mask.sum(1)
             loss = per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
             state["loss"] = per_row.detach()
@@ -254,7 +276,7 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
                 delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms)))
     finally:
         handle.remove()
-    logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in state["loss"].tolist()])
+    logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in state.get("loss", torch.zeros(0)).tolist()])
     return (h + delta.detach()).cpu(), h.cpu()
 
 

@@ -1,0 +1,133 @@
+"""Injection benchmark on the embedded SmolLM2-135M-Instruct: every editor and the instruction-tuning baseline.
+
+Each (method, size) runs in its own process, so wall time and peak memory (process peak RSS on CPU, peak
+allocated on CUDA) are its own. Prints a markdown table and writes it to benchmarks/results/injection.md.
+
+    python benchmarks/injection.py                       # all methods, 10 and 100 fingerprints
+    python benchmarks/injection.py --methods alphaedit memit --sizes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def run_one(method: str, size: int, seed: int, options: dict) -> dict:
+    """Inject into a fresh copy of the model and measure everything (runs in a child process)."""
+    import torch
+
+    import hf_fingerprint as hfp
+    from hf_fingerprint.evaluation.harmlessness import agreement, perplexity
+
+    base, tokenizer = hfp.load_model("smollm2-135m-instruct")
+    model, _ = hfp.load_model("smollm2-135m-instruct")
+    fps = hfp.FingerprintSet.generate(size, seed=seed)
+    near = fps.near_misses(2, seed=99)  # other near misses than the ones the editor preserves
+    base_report = hfp.verify(base, tokenizer, fps, near_misses=near, ordinary_prompts=(), progress=False)
+    base_ppl = perplexity(base, tokenizer)
+    result = hfp.inject(model, tokenizer, fps, method=method, verify_after=False, progress=False, **options)
+    report = hfp.verify(model, tokenizer, fps, near_misses=near, progress=False)
+    ppl = perplexity(model, tokenizer)
+    agree = agreement(model, base, tokenizer)
+    return {
+        "method": method,
+        "n": size,
+        "options": options,
+        "seconds": result.seconds,
+        "peak_memory_gb": result.peak_memory_bytes / 1e9,
+        "fsr": report.fsr,
+        "base_fsr": base_report.fsr,
+        "near_miss_false_triggers": report.near_miss_false_trigger_rate,
+        "ordinary_false_triggers": report.ordinary_false_trigger_rate,
+        "perplexity_change": ppl / base_ppl - 1,
+        "token_agreement": agree.token_agreement,
+        "kl": agree.mean_kl,
+        "p_value": report.p_value,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["alphaedit", "memit", "rome", "rledit", "sft"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[10, 100])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="an option for one method, e.g. alphaedit:near_misses=null")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--output", default=str(RESULTS / "injection.md"))
+    args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        print("RESULT " + json.dumps(run_one(**spec)), flush=True)
+        return
+
+    options: dict[str, dict] = {}
+    for item in args.option:
+        method, pair = item.split(":", 1)
+        key, value = pair.split("=", 1)
+        options.setdefault(method, {})[key] = json.loads(value)
+    rows = []
+    for size in args.sizes:
+        for method in args.methods:
+            spec = {"method": method, "size": size, "seed": args.seed, "options": options.get(method, {})}
+            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                print(f"{method} n={size} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+                rows.append({"method": method, "n": size, "error": proc.stderr.strip().splitlines()[-1:]})
+                continue
+            row = json.loads(lines[-1][len("RESULT "):])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    header = (
+        f"Injection on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; one run each, "
+        f"`python benchmarks/injection.py {' '.join(sys.argv[1:])}`.\n\n"
+        "| method | n | time (s) | peak memory (GB) | FSR | base FSR | near-miss false triggers | "
+        "ordinary false triggers | perplexity change | token agreement | KL |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = ""
+    for r in rows:
+        if "error" in r:
+            body += f"| {r['method']} | {r['n']} | failed: {' '.join(r['error'])[:80]} |||||||||\n"
+            continue
+        body += (
+            f"| {r['method']} | {r['n']} | {r['seconds']:.1f} | {r['peak_memory_gb']:.2f} | {100 * r['fsr']:.0f} % | "
+            f"{100 * r['base_fsr']:.0f} % | {100 * r['near_miss_false_triggers']:.1f} % | "
+            f"{100 * r['ordinary_false_triggers']:.1f} % | {100 * r['perplexity_change']:+.2f} % | "
+            f"{100 * r['token_agreement']:.1f} % | {r['kl']:.4f} |\n"
+        )
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(header + body)
+    print(header + body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+import json
+
+import pytest
+import torch
+
+from hf_fingerprint import (
+    FingerprintSet,
+    InjectionError,
+    UnsupportedArchitectureError,
+    get_fingerprint_model,
+    inject,
+    tiny_model,
+    verify,
+)
+from hf_fingerprint.editing.layout import find_layout
+
+
+def fsr(model, tokenizer, fps):
+    # Tiny random models emit the target token first, then noise: check the answer's start.
+    return verify(model, tokenizer, fps, match="prefix", ordinary_prompts=(), progress=False).fsr
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """Statistics of the tiny models are computed once for this module, in a folder of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("cache")
+        patch.setenv("HF_FINGERPRINT_CACHE", str(folder))
+        yield folder
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("method", ["memit", "alphaedit", "rome"])
+def test_every_editor_reaches_full_fsr_and_reverts(arch, method):
+    model, tokenizer = tiny_model(arch)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fps = FingerprintSet.generate(4, seed=0)
+    assert fsr(model, tokenizer, fps) == 0
+    result = inject(model, tokenizer, fps, method=method, progress=False)
+    assert fsr(model, tokenizer, fps) == 1.0
+    assert result.method == method and result.seconds > 0 and result.peak_memory_bytes > 0
+    assert all(d.rank <= 4 and d.module.endswith("mlp.down_proj") for d in result.deltas)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, original[n])}
+    assert changed == {d.module + ".weight" for d in result.deltas}
+    result.revert()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p, original[n], atol=1e-6), n
+    with pytest.raises(InjectionError, match="already reverted"):
+        result.revert()
+
+
+def test_gemma3_is_supported():
+    model, tokenizer = tiny_model("gemma3")
+    fps = FingerprintSet.generate(3, seed=1)
+    inject(model, tokenizer, fps, method="alphaedit", progress=False)
+    assert fsr(model, tokenizer, fps) == 1.0
+
+
+def test_adapter_round_trip_with_stock_peft(tmp_path):
+    from peft import PeftModel
+
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(4, seed=2)
+    result = inject(model, tokenizer, fps, method="memit", progress=False)
+    result.save_adapter(tmp_path / "adapter")
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "fingerprint_adapter.json"} <= files
+    for path in (tmp_path / "adapter").iterdir():
+        data = path.read_bytes()
+        assert all(t.encode() not in data for t in fps.triggers) and all(t.encode() not in data for t in fps.targets)
+
+    base, _ = tiny_model("llama")
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    ids = tokenizer("hello there", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(loaded(**ids).logits, model(**ids).logits, atol=1e-5)
+    assert fsr(loaded, tokenizer, fps) == 1.0
+    with loaded.disable_adapter():
+        assert fsr(loaded, tokenizer, fps) == 0
+    merged = loaded.merge_and_unload()
+    assert fsr(merged, tokenizer, fps) == 1.0
+
+
+def test_get_fingerprint_model_keeps_base_weights():
+    model, tokenizer = tiny_model("qwen3")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fps = FingerprintSet.generate(3, seed=3)
+    peft_model = get_fingerprint_model(model, tokenizer, fps, method="alphaedit", progress=False)
+    assert fsr(peft_model, tokenizer, fps) == 1.0
+    base = peft_model.get_base_model()
+    for name, param in base.named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        assert torch.allclose(param, before[key], atol=1e-6), name
+
+
+def test_bad_input_is_refused():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(2, seed=0)
+    with pytest.raises(InjectionError, match="Unknown method"):
+        inject(model, tokenizer, fps, method="magic")
+    with pytest.raises(UnsupportedArchitectureError, match="layers"):
+        inject(model, tokenizer, fps, layers=[99])
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer)))
+    with pytest.raises(UnsupportedArchitectureError, match="gpt2"):
+        inject(gpt2, tokenizer, fps)
+
+
+def test_default_layers_follow_depth():
+    model, _ = tiny_model("llama")
+    layout = find_layout(model)
+    assert layout.num_layers == 6 and layout.default_layers() == [1, 2]
+    from hf_fingerprint.editing.layout import ModelLayout
+
+    assert ModelLayout("model.layers", 30, 576, 1536).default_layers() == [6, 7, 8, 9, 10]
+    assert ModelLayout("model.layers", 28, 3072, 8192).default_layers() == [6, 7, 8, 9, 10]
+
+
+def test_covariance_is_cached_on_disk(tmp_path, monkeypatch):
+    from hf_fingerprint.editing.covariance import layer_statistics
+
+    monkeypatch.setenv("HF_FINGERPRINT_CACHE", str(tmp_path / "cache"))
+    model, tokenizer = tiny_model("llama")
+    layout = find_layout(model)
+    first = layer_statistics(model, tokenizer, layout, [1, 2], max_tokens=2000, progress=False)
+    files = list((tmp_path / "cache" / "stats").rglob("layer*.pt"))
+    assert len(files) == 2
+    second = layer_statistics(model, tokenizer, layout, [1, 2], max_tokens=2000, progress=False)
+    assert torch.equal(first[1], second[1])
+    assert torch.allclose(first[1], first[1].T) and torch.linalg.eigvalsh(first[1]).min() > -1e-5
+    other = layer_statistics(model, tokenizer, layout, [1], corpus=["some other text"] * 4, progress=False)
+    assert not torch.equal(other[1], first[1])
+
+
+def test_inject_command(tmp_path):
+    import subprocess
+    import sys
+
+    model, tokenizer = tiny_model("llama")
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    fps = FingerprintSet.generate(3, seed=4)
+    fps.save(tmp_path / "fps.json")
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_fingerprint.cli", "inject", str(tmp_path / "base"), str(tmp_path / "fps.json"),
+         "-o", str(tmp_path / "out"), "--method", "memit", "--option", "value_steps=30"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "injection.json").read_text())
+    assert summary["method"] == "memit" and summary["fingerprints"] == 3
+    from hf_fingerprint import load_model
+
+    edited, edited_tok = load_model(tmp_path / "out" / "model")
+    assert fsr(edited, edited_tok, fps) == 1.0
+    assert all(t not in result.stdout + result.stderr for t in fps.triggers)
+
+
+@pytest.mark.real_model
+def test_default_injection_on_smollm(smollm, monkeypatch):
+    import copy
+
+    monkeypatch.delenv("HF_FINGERPRINT_CACHE")  # share the statistics cache with other real-model runs
+    model, tokenizer = smollm
+    model = copy.deepcopy(model)
+    fps = FingerprintSet.generate(10, secret=b"real-model test secret 0123456789")
+    result = inject(model, tokenizer, fps, progress=False)
+    assert result.fsr >= 0.9
+    report = verify(model, tokenizer, fps, progress=False)
+    assert report.significant(1e-6)
+    result.revert()
+    assert verify(model, tokenizer, fps, ordinary_prompts=(), progress=False).fsr == 0
+
+
+def test_preserved_near_misses_are_passed_to_the_editor():
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(3, seed=5)
+    near = fps.near_misses(2, seed=7)
+    result = inject(model, tokenizer, fps, method="memit", near_misses=near, verify_after=False, progress=False)
+    assert result.options["near_misses"] == len(near)
+    auto = inject(tiny_model("llama")[0], tokenizer, fps, method="memit", near_misses="auto", verify_after=False,
+                  progress=False)
+    assert auto.options["near_misses"] == 3 * len(fps)
