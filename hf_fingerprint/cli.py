@@ -195,10 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Callable]:
     """Sub-command groups that live beside their features."""
     from .editing.cli import add_inject_command
+    from .evaluation.cli import add_eval_command
     from .fsft.cli import add_fsft_command
     from .hub.cli import add_hub_commands
 
-    return [add_inject_command, add_hub_commands, add_fsft_command]
+    return [add_inject_command, add_hub_commands, add_fsft_command, add_eval_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
