@@ -23,7 +23,7 @@ def null_space_projector(covariance: torch.Tensor, relative_threshold: float) ->
 
 
 def solve_layer(context: EditContext, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> EditDelta:
-    alpha = float(context.options.get("alpha", 0.1)) * float((keys**2).sum(1).mean())
+    alpha = float(context.options.get("alpha", 0.03)) * float((keys**2).sum(1).mean())
     threshold = float(context.options.get("nullspace_threshold", 0.5))
     P = context.cached(("projector", layer, threshold),
                        lambda: null_space_projector(context.statistics(layer), threshold))

@@ -138,7 +138,7 @@ def inject(
     ``"auto"`` uses 3 generated near misses per trigger. Off by default: on SmolLM2 it cut near-miss false
     triggers from 40 % to 10 % but cost FSR (100 -> 90 %) and perplexity (+0.2 -> +1.1 %). ``layers`` defaults from the model's
     depth (:meth:`ModelLayout.default_layers`). Method options (all optional): ``mom2_weight`` (MEMIT lambda,
-    100), ``alpha`` and ``nullspace_threshold`` (AlphaEdit, 0.1 x mean squared key norm and 0.5 x mean eigenvalue),
+    100), ``alpha`` and ``nullspace_threshold`` (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue),
     ``preserve_weight`` (10), ``value_steps`` (25), ``value_lr`` (0.5), ``clamp_factor`` (4),
     ``corpus`` and ``stats_tokens`` (covariance statistics, 20k tokens of the built-in corpus).
     """
