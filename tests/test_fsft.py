@@ -234,7 +234,8 @@ def test_penalty_starts_at_zero_grows_and_has_a_gradient(models, dataset, tmp_pa
             else:
                 f = (drift * sub.dense()).sum() ** 2 / energy
             expected.append(f / energy)
-        assert value.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
+        # float32: the trainer computes W V - We V (cached), the check (W - We) V; at ~1e-7 they differ by ~1e-4
+        assert value.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-3)
         assert value.item() > 0
     trainer.fsft_penalty().backward()
     for name in EDITED:
