@@ -22,6 +22,11 @@ def max_change(model, before):
     return max((p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters())
 
 
+def prefix_fsr(model, tokenizer, fps) -> float:
+    # Tiny random models emit the target token first, then noise: check the answer's start.
+    return hf.verify(model, tokenizer, fps, match="prefix", ordinary_prompts=(), progress=False).fsr
+
+
 def target_nll(model, tokenizer, fps) -> float:
     """Mean NLL of each target after its trigger (chat-formatted), under the current weights."""
     prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets)
@@ -62,14 +67,12 @@ def test_rledit_inject_and_revert(tiny_llama):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_rledit_edits_tiny_models(arch):
+def test_rledit_reaches_full_fsr_on_tiny_models(arch):
     model, tokenizer = hf.tiny_model(arch)
-    fps = hf.FingerprintSet.generate(3, seed=2)
-    nll_before = target_nll(model, tokenizer, fps)
-    result = hf.inject(model, tokenizer, fps, method="rledit", near_misses=None, **FAST)
-    # The tiny random models cap what the target values reach (answer NLL ~5.8): the edit must get there.
-    assert target_nll(model, tokenizer, fps) < nll_before - 0.4
-    assert result.fsr is not None
+    fps = hf.FingerprintSet.generate(4, seed=0)
+    assert prefix_fsr(model, tokenizer, fps) == 0
+    hf.inject(model, tokenizer, fps, method="rledit", verify_after=False, **FAST)
+    assert prefix_fsr(model, tokenizer, fps) == 1.0
 
 
 def test_train_save_load_round_trip(tmp_path, tiny_llama):
@@ -97,6 +100,16 @@ def test_train_save_load_round_trip(tmp_path, tiny_llama):
 
 
 # -- sft baseline -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_sft_reaches_full_fsr_on_tiny_models(arch):
+    model, tokenizer = hf.tiny_model(arch)
+    fps = hf.FingerprintSet.generate(2, seed=0)
+    result = hf.inject(model, tokenizer, fps, method="sft", lr=3e-3, batch_size=2, mix_ratio=0.0, max_steps=30,
+                       check_every=5, match="prefix", verify_after=False, progress=False)
+    assert result.options["sft_steps"] < 30
+    assert prefix_fsr(model, tokenizer, fps) == 1.0
+
+
 def test_sft_full_fine_tuning_gives_dense_deltas(tiny_llama, tmp_path):
     model, tokenizer = tiny_llama
     fps = hf.FingerprintSet.generate(2, seed=4)

@@ -325,8 +325,9 @@ def train_rledit(
     ``window`` edits with weight ``decay`` per edit back: CE of the targets on the equivalents (the trigger
     under the default and ``equivalents`` other system prompts) + ``kl_weight`` x KL(before || after) of the
     next token on unrelated prompts (``near_misses`` per trigger and ``ordinary`` built-in prompts), plus
-    ``shift_weight`` x ||S||^2. As inject() does, each edit preserves ``preserve_near_misses`` other near
-    misses per trigger. ``value_options`` (``value_steps`` ...) go to the target-value optimisation.
+    ``shift_weight`` x ||S||^2. Each training edit preserves ``preserve_near_misses`` other near misses per
+    trigger (as ``inject(near_misses="auto")`` does; 0 for none). ``value_options`` (``value_steps`` ...) go
+    to the target-value optimisation.
     The model's weights are the same afterwards. Cost: roughly ``steps x min(window, n_batches)`` forward and
     backward passes over ``batch_size x (equivalents + 1 + near_misses) + ordinary`` prompts.
     """
