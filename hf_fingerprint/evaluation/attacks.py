@@ -42,7 +42,8 @@ class SuppressedModel(nn.Module):
     """``model`` served through the output-suppression attack (see the module docstring).
 
     ``flagged`` and ``decisions`` count, since creation, the decoding steps the attack changed and the steps it
-    inspected (one per sequence and position).
+    inspected (one per sequence and position). ``positions`` defaults to 3 because a banned first token is often
+    replaced by a variant of itself (``"c"`` -> ``"C"``) that still spells the target.
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class SuppressedModel(nn.Module):
         *,
         strategy: str = "detect",
         reference: nn.Module | None = None,
-        positions: int = 2,
+        positions: int = 3,
         confidence: float = 0.5,
         log_ratio: float = 3.0,
         min_probability: float = 1e-3,

@@ -217,7 +217,7 @@ def evaluate(
                 near_miss_table=study.to_markdown(),
             )
         elif dimension == "attacks":
-            attacks = {"detect, no reference": suppression_attack(model, strategy="detect"),
+            attacks = {"detect, no reference, first token": suppression_attack(model, strategy="detect", positions=1),
                        "suppress top-1 at first token": suppression_attack(model, strategy="suppress_top_k",
                                                                            positions=1),
                        "prefix 'Sure! '": suppression_attack(model, strategy="prefix", tokenizer=tokenizer)}
