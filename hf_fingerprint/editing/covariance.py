@@ -130,7 +130,8 @@ def layer_statistics(
         bar.close()
         for handle in handles:
             handle.remove()
-    folder.mkdir(parents=True, exist_ok=True)
+    if use_cache:
+        folder.mkdir(parents=True, exist_ok=True)
     for layer in missing:
         stat = (sums[layer] / max(1, counted["tokens"])).float()
         result[layer] = stat
