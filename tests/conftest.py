@@ -7,14 +7,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["hf_fingerprint.testing.pytest_plugin"]
 
+# Modules point HF_FINGERPRINT_CACHE at private folders; the embedded model always goes to the session's own cache.
+_SESSION_CACHE = os.environ.get("HF_FINGERPRINT_CACHE")
 
 
 @pytest.fixture(scope="session")
 def smollm():
-    """The embedded SmolLM2-135M-Instruct, loaded once per test session."""
+    """The embedded SmolLM2-135M-Instruct, loaded once per test session from the session's cache."""
     from hf_fingerprint import load_model
 
-    return load_model("smollm2-135m-instruct")
+    with pytest.MonkeyPatch.context() as patch:
+        if _SESSION_CACHE is None:
+            patch.delenv("HF_FINGERPRINT_CACHE", raising=False)
+        else:
+            patch.setenv("HF_FINGERPRINT_CACHE", _SESSION_CACHE)
+        return load_model("smollm2-135m-instruct")
 
 
 @pytest.fixture()
