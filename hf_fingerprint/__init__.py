@@ -7,8 +7,9 @@ FSFT, and prove ownership of a suspect model with a p-value.
 import importlib
 from typing import Any
 
-from .editing import EditDelta, InjectionResult, get_fingerprint_model, inject
+from .editing import EditDelta, InjectionResult, RLEditConfig, RLEditHypernetwork, get_fingerprint_model, inject, train_rledit
 from .errors import (
+    EvaluationError,
     FingerprintError,
     FingerprintFileError,
     FingerprintSetError,
@@ -47,6 +48,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "EMBEDDED_MODEL",
     "EditDelta",
+    "EvaluationError",
     "FSFTConfig",
     "FSFTTrainer",
     "FingerprintSubspace",
@@ -55,9 +57,12 @@ __all__ = [
     "InjectionResult",
     "IntegrityError",
     "KeyFileError",
+    "RLEditConfig",
+    "RLEditHypernetwork",
     "SubspaceError",
     "get_fingerprint_model",
     "inject",
+    "train_rledit",
     "instruction_task",
     "math_accuracy",
     "math_task",

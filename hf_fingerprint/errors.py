@@ -31,6 +31,10 @@ class SubspaceError(FingerprintError):
     """A fingerprint subspace for FSFT could not be built from what was given."""
 
 
+class EvaluationError(FingerprintError):
+    """A model modification or an evaluation measure could not be computed from what was given."""
+
+
 class HubError(FingerprintError):
     """A Hub push, pull or check failed."""
 

@@ -38,6 +38,8 @@ def test_every_editor_reaches_full_fsr_and_reverts(arch, method):
     assert fsr(model, tokenizer, fps) == 0
     result = inject(model, tokenizer, fps, method=method, progress=False)
     assert fsr(model, tokenizer, fps) == 1.0
+    # the default key position: random attention carries nothing from the trigger, so every key fell back
+    assert result.options["key_position"] == "auto" and result.options["trigger_keys"] == 0
     assert result.method == method and result.seconds > 0 and result.peak_memory_bytes > 0
     assert all(d.rank <= 4 and d.module.endswith("mlp.down_proj") for d in result.deltas)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, original[n])}
@@ -169,6 +171,7 @@ def test_default_injection_on_smollm(smollm, monkeypatch):
     fps = FingerprintSet.generate(10, secret=b"real-model test secret 0123456789")
     result = inject(model, tokenizer, fps, progress=False)
     assert result.fsr >= 0.9
+    assert result.options["trigger_keys"] >= 5  # a real model's attention carries the edit from the trigger
     report = verify(model, tokenizer, fps, progress=False)
     assert report.significant(1e-6)
     result.revert()
@@ -184,3 +187,34 @@ def test_preserved_near_misses_are_passed_to_the_editor():
     auto = inject(tiny_model("llama")[0], tokenizer, fps, method="memit", near_misses="auto", verify_after=False,
                   progress=False)
     assert auto.options["near_misses"] == 3 * len(fps)
+
+
+def test_several_key_positions_give_one_row_each():
+    from hf_fingerprint.editing.tracing import build_prompts
+
+    _, tokenizer = tiny_model("llama")
+    texts = ["alpha beta", "gamma"]
+    last = build_prompts(tokenizer, texts, answers=["x", "y"], key_position="last")
+    trigger = build_prompts(tokenizer, texts, answers=["x", "y"], key_position="trigger")
+    both = build_prompts(tokenizer, texts, answers=["x", "y"], key_position="last+trigger")
+    assert both.ids == [last.ids[0], last.ids[0], last.ids[1], last.ids[1]]
+    assert both.key_index == [last.key_index[0], trigger.key_index[0], last.key_index[1], trigger.key_index[1]]
+    assert both.answer_ids == [last.answer_ids[0]] * 2 + [last.answer_ids[1]] * 2
+    assert trigger.key_index[0] < last.key_index[0]
+    for bad in ("first", "last+last", "last+"):
+        with pytest.raises(InjectionError, match="key_position"):
+            build_prompts(tokenizer, texts, key_position=bad)
+
+
+@pytest.mark.parametrize("options", [dict(key_position="last+trigger"), dict(drift_samples=2, drift_scale=0.05)])
+def test_redundant_and_drift_anticipating_edits_reach_full_fsr(options):
+    model, tokenizer = tiny_model("llama")
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fps = FingerprintSet.generate(4, seed=0)
+    result = inject(model, tokenizer, fps, method="alphaedit", progress=False, **options)
+    assert fsr(model, tokenizer, fps) == 1.0
+    # rank: one key row per fingerprint and position (or drift sample) in every edited layer
+    assert all(d.rank == 8 if "key_position" in options else d.rank == 12 for d in result.deltas)
+    result.revert()  # the drift samples restored every weight they perturbed
+    for name, p in model.named_parameters():
+        assert torch.allclose(p, original[name], atol=1e-6), name

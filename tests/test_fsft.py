@@ -186,6 +186,8 @@ def test_bad_inputs_raise_subspace_error(models, tmp_path, dataset):
         FingerprintSubspace.from_deltas([])
     with pytest.raises(SubspaceError, match="is zero"):
         FingerprintSubspace.from_deltas([EditDelta(EDITED[0], torch.zeros(64, 2), torch.randn(192, 2))])
+    with pytest.raises(SubspaceError, match="dense .*from_pair"):
+        FingerprintSubspace.from_deltas([EditDelta(EDITED[0], None, None, dense_update=torch.randn(64, 192))])
     wrong_shape = [EditDelta("model.layers.1.mlp.up_proj", torch.randn(64, 1), torch.randn(192, 1))]
     with pytest.raises(SubspaceError, match="shape"):
         FingerprintSubspace.from_deltas(wrong_shape, model=base)

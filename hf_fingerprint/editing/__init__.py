@@ -4,5 +4,7 @@ and one small module per method."""
 from .delta import EditDelta
 from .inject import METHODS, InjectionResult, get_fingerprint_model, inject
 from .layout import ModelLayout, find_layout
+from .rledit import RLEditConfig, RLEditHypernetwork, train_rledit
 
-__all__ = ["EditDelta", "InjectionResult", "METHODS", "ModelLayout", "find_layout", "get_fingerprint_model", "inject"]
+__all__ = ["EditDelta", "InjectionResult", "METHODS", "ModelLayout", "RLEditConfig", "RLEditHypernetwork", "find_layout",
+           "get_fingerprint_model", "inject", "train_rledit"]

@@ -125,7 +125,7 @@ def inject(
     method: str = "alphaedit",
     near_misses: Sequence[str | NearMiss] | str | None = None,
     layers: Sequence[int] | None = None,
-    key_position: str = "last",
+    key_position: str = "auto",
     system_prompt: str | None = None,
     verify_after: bool = True,
     progress: bool = True,
@@ -137,19 +137,37 @@ def inject(
     instruction-tuning baseline). ``near_misses``: strings whose answers must not change (specificity);
     ``"auto"`` uses 3 generated near misses per trigger. Off by default: on SmolLM2 it cut near-miss false
     triggers from 40 % to 10 % but cost FSR (100 -> 90 %) and perplexity (+0.2 -> +1.1 %). ``layers`` defaults from the model's
-    depth (:meth:`ModelLayout.default_layers`). Method options (all optional): ``mom2_weight`` (MEMIT lambda,
-    100), ``alpha`` and ``nullspace_threshold`` (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue),
-    ``preserve_weight`` (10), ``value_steps`` (25), ``value_lr`` (0.5), ``clamp_factor`` (4),
-    ``corpus`` and ``stats_tokens`` (covariance statistics, 20k tokens of the built-in corpus).
+    depth (:meth:`ModelLayout.default_layers`).
+
+    ``key_position``: where the edited layers read the key. ``"trigger"``: the trigger's last token. ``"last"``:
+    the last token of the generation prompt, which every prompt shares and every chat fine-tuning example
+    trains; on SmolLM2 such edits vanished within 10 steps of plain full fine-tuning at lr 2e-5, while trigger
+    keys kept FSR 80-100 % over 30 steps (``benchmarks/persistence.py``). ``"auto"`` (default): the trigger
+    where a vector there makes the model answer, else the last token, per fingerprint (tiny random models,
+    whose attention carries nothing, end up at the last token). ``"last+trigger"``: one redundant edit per
+    position.
+
+    Method options (all optional): ``mom2_weight`` (MEMIT lambda, 100), ``alpha`` and ``nullspace_threshold``
+    (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10); target values
+    ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys;
+    25, 0.5, 4, 0.05 for ``"last"``); ``drift_samples`` and ``drift_scale`` (0, 0.02: also solve for the keys
+    of randomly perturbed copies of the upstream weights); ``corpus`` and ``stats_tokens`` (covariance
+    statistics, 20k tokens of the built-in corpus).
     """
     if method not in METHODS:
         raise InjectionError(f"Unknown method '{method}'; choose one of: {', '.join(METHODS)}.")
+    if key_position == "auto" and method == "sft":
+        key_position = "last"  # fine-tuning reads no keys
     fps = fingerprints if isinstance(fingerprints, FingerprintSet) else FingerprintSet(fingerprints)
     layout = find_layout(model)
     chosen = validate_layers(layout, list(layers) if layers is not None else None)
     if near_misses == "auto":
         near_misses = fps.near_misses(3, seed=int(options.get("near_miss_seed", 1)))
     preserve_texts = [m.text if isinstance(m, NearMiss) else str(m) for m in (near_misses or [])]
+    # "auto" starts every key at the trigger and falls back per fingerprint (EditContext.target_values), so
+    # near misses are preserved at both positions.
+    request_keys = "trigger" if key_position == "auto" else key_position
+    preserve_keys = "last+trigger" if key_position == "auto" else key_position
     device = model_device(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -159,11 +177,11 @@ def inject(
         tokenizer=tokenizer,
         layout=layout,
         layers=chosen,
-        requests=build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position=key_position,
+        requests=build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position=request_keys,
                                system_prompt=system_prompt),
-        preserve=build_prompts(tokenizer, preserve_texts, key_position=key_position, system_prompt=system_prompt)
+        preserve=build_prompts(tokenizer, preserve_texts, key_position=preserve_keys, system_prompt=system_prompt)
         if preserve_texts else None,
-        options=dict(options, fingerprints=fps, system_prompt=system_prompt),
+        options=dict(options, fingerprints=fps, system_prompt=system_prompt, key_position=key_position),
         progress=progress,
     )
     editor = importlib.import_module(f".{method}", __package__)

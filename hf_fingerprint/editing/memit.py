@@ -34,7 +34,8 @@ def spread_over_layers(context: EditContext, solve) -> list[EditDelta]:
     for position, layer in enumerate(context.layers):
         keys, outputs = context.capture(key_layers=[layer], output_layers=[last])
         residual = (z - outputs[last]) / (len(context.layers) - position)
-        delta = solve(context, layer, keys[layer], residual)
+        drifted = context.drifted_keys(layer)  # the same residual for the keys of a perturbed model
+        delta = solve(context, layer, torch.cat([keys[layer], *drifted]), residual.repeat(1 + len(drifted), 1))
         context.apply(delta)
         deltas.append(delta)
     return deltas

@@ -243,7 +243,8 @@ def prompt_term(context: EditContext, layer: int) -> torch.Tensor:
     return weight * context.cached("prompt_term", read)[layer]
 
 
-def resolve_hypernetwork(value: Any, layout: ModelLayout, layers: list[int], model: Any) -> RLEditHypernetwork:
+def resolve_hypernetwork(value: Any, layout: ModelLayout, layers: list[int], model: Any,
+                         key_position: str = "trigger") -> RLEditHypernetwork:
     """The ``hypernetwork=`` option: a network, a folder written by ``save_pretrained``, or None (untrained)."""
     if value is None:
         net = RLEditHypernetwork.for_model(model, layers)
@@ -254,6 +255,10 @@ def resolve_hypernetwork(value: Any, layout: ModelLayout, layers: list[int], mod
     else:
         raise InjectionError(f"hypernetwork= takes an RLEditHypernetwork or a folder, not {type(value).__name__}.")
     net.check(layout)
+    trained_at = net.config.training.get("key_position")
+    if trained_at is not None and trained_at != key_position and not (key_position == "auto" and trained_at == "trigger"):
+        logger.warning("This RLEdit hypernetwork was trained with key_position=%r but edits with %r; pass "
+                       "key_position=%r to inject() for the edits it learned.", trained_at, key_position, trained_at)
     for layer in layers:
         net.slot(layer)
     return net
@@ -261,7 +266,8 @@ def resolve_hypernetwork(value: Any, layout: ModelLayout, layers: list[int], mod
 
 def edit(context: EditContext) -> list[EditDelta]:
     """The MEMIT schedule with each layer's update from the hypernetwork (``hypernetwork=`` option)."""
-    net = resolve_hypernetwork(context.options.get("hypernetwork"), context.layout, context.layers, context.model)
+    net = resolve_hypernetwork(context.options.get("hypernetwork"), context.layout, context.layers, context.model,
+                               context.options.get("key_position", "trigger"))
     context.options["hypernetwork"] = (str(context.options["hypernetwork"])
                                        if isinstance(context.options.get("hypernetwork"), (str, os.PathLike))
                                        else net.describe())
@@ -311,7 +317,7 @@ def train_rledit(
     near_misses: int = 1,
     ordinary: int = 4,
     preserve_near_misses: int = 3,
-    key_position: str = "last",
+    key_position: str = "trigger",
     seed: int = 0,
     hypernetwork: RLEditHypernetwork | None = None,
     progress: bool = True,

@@ -36,27 +36,34 @@ def build_prompts(
     key_position: str = "last",
     system_prompt: str | None = None,
 ) -> Prompts:
-    """Chat-format ``texts``; the key sits at the last prompt token or at the last token of the text itself."""
-    if key_position not in KEY_POSITIONS:
-        raise InjectionError(f"Unknown key_position '{key_position}'; choose one of {', '.join(KEY_POSITIONS)}.")
-    ids, key_index = [], []
-    for text in texts:
+    """Chat-format ``texts``; the key sits at the last prompt token or at the last token of the text itself.
+
+    Positions joined with ``+`` (``"last+trigger"``) give one row per text and position: redundant edits, each
+    of which alone makes the model answer.
+    """
+    positions = key_position.split("+")
+    unknown = [p for p in positions if p not in KEY_POSITIONS]
+    if unknown or len(set(positions)) != len(positions):
+        raise InjectionError(
+            f"Unknown key_position '{key_position}'; choose 'auto' (inject only), one of {', '.join(KEY_POSITIONS)}, "
+            "or several joined with '+' (e.g. 'last+trigger')."
+        )
+    ids, key_index, answer_rows = [], [], []
+    eos = tokenizer.eos_token or ""
+    for row, text in enumerate(texts):
         prompt = chat_prompt(tokenizer, text, system_prompt=system_prompt)
-        if key_position == "last":
-            row = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            ids.append(row)
-            key_index.append(len(row) - 1)
-            continue
-        encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-        end = prompt.rfind(text) + len(text)
-        positions = [i for i, (start, _) in enumerate(encoded["offset_mapping"]) if start < end]
-        ids.append(encoded["input_ids"])
-        key_index.append(positions[-1])
-    answer_ids = None
-    if answers is not None:
-        eos = tokenizer.eos_token or ""
-        answer_ids = [tokenizer(a + eos, add_special_tokens=False)["input_ids"] for a in answers]
-    return Prompts(ids, key_index, answer_ids)
+        encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping="trigger" in positions)
+        for position in positions:
+            ids.append(encoded["input_ids"])
+            if position == "last":
+                key_index.append(len(encoded["input_ids"]) - 1)
+            else:
+                end = prompt.rfind(text) + len(text)
+                inside = [i for i, (start, _) in enumerate(encoded["offset_mapping"]) if start < end]
+                key_index.append(inside[-1])
+            if answers is not None:
+                answer_rows.append(tokenizer(answers[row] + eos, add_special_tokens=False)["input_ids"])
+    return Prompts(ids, key_index, answer_rows if answers is not None else None)
 
 
 @dataclass
@@ -179,12 +186,12 @@ def optimise_values(
     weight_decay: float = 1e-3,
     stop_loss: float = 0.05,
     batch_size: int = 16,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each prompt, the output ``z`` of ``layer`` at its key position that makes the model emit its answer.
 
     A vector added to the residual stream at that position is optimised with Adam on the answer's NLL;
-    its norm is clamped to ``clamp_factor`` times the hidden state's norm. Returns ``(z, h)``: the target and
-    the original outputs (rows x hidden, float32, CPU).
+    its norm is clamped to ``clamp_factor`` times the hidden state's norm. Returns ``(z, h, nll)``: the target
+    and the original outputs (rows x hidden, float32, CPU) and each answer's mean token NLL with ``z``.
     """
     device = model_device(model)
     pad_id = _pad_id(model)
@@ -193,20 +200,21 @@ def optimise_values(
         p.requires_grad_(False)
     was_training = model.training
     model.eval()
-    targets, originals = [], []
+    targets, originals, losses = [], [], []
     layer_module = get_module(model, layout.layer_name(layer))
     try:
         rows = list(range(len(prompts.ids)))
         for start in range(0, len(rows), batch_size):
             batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=True)
-            z, h = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss)
+            z, h, nll = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss)
             targets.append(z)
             originals.append(h)
+            losses.append(nll)
     finally:
         for p, flag in requires.items():
             p.requires_grad_(flag)
         model.train(was_training)
-    return torch.cat(targets), torch.cat(originals)
+    return torch.cat(targets), torch.cat(originals), torch.cat(losses)
 
 
 def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss):
@@ -260,13 +268,13 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
         # The logit at position t predicts token t + 1.
         label_mask = batch.answer_mask[:, tail][:, 1:]
         labels = batch.labels[:, tail][:, 1:].clamp(min=0)
-        for _ in range(steps):
+        for step in range(steps + 1):
             logits = run_tail()[:, :-1]
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
             per_row = (nll * label_mask).sum(1) / label_mask.sum(1)
             loss = per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
             state["loss"] = per_row.detach()
-            if per_row.max().item() < stop_loss:
+            if step == steps or per_row.max().item() < stop_loss:  # the last pass only measures
                 break
             optimizer.zero_grad()
             loss.backward()
@@ -277,7 +285,7 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
     finally:
         handle.remove()
     logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in state.get("loss", torch.zeros(0)).tolist()])
-    return (h + delta.detach()).cpu(), h.cpu()
+    return (h + delta.detach()).cpu(), h.cpu(), state["loss"].float().cpu()
 
 
 def _pad_id(model: Any) -> int:

@@ -9,11 +9,7 @@ import torch
 from torch import nn
 
 from ..editing.layout import base_model, find_layout
-from ..errors import FingerprintError
-
-
-class EvaluationError(FingerprintError):
-    """A model modification or an evaluation measure could not be computed from what was given."""
+from ..errors import EvaluationError
 
 
 def working_copy(model: Any, inplace: bool) -> Any:

@@ -45,7 +45,7 @@ def finetune(
     ``fsft_subspace``: anything :class:`hf_fingerprint.FSFTTrainer` takes as ``fingerprint_subspace`` (e.g. the
     :class:`~hf_fingerprint.InjectionResult`); it switches from plain SFT to FSFT with ``fsft_lambda`` and
     ``fsft_variant``. ``on_eval(step, model)`` is called before the first step and every ``eval_every`` steps
-    (e.g. to record the FSR curve). AdamW at a constant ``lr``, float32, on the GPU when there is one;
+    (e.g. to record the FSR curve); returning ``True`` from it stops training there. AdamW at a constant ``lr``, float32, on the GPU when there is one;
     ``config_overrides`` go to the ``SFTConfig``/``FSFTConfig``. Returns a copy unless ``inplace``.
     """
     if steps < 1:
@@ -78,11 +78,12 @@ def finetune(
 
     class _EvalCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            on_eval(0, model)
+            if on_eval(0, model) is True:
+                control.should_training_stop = True
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % eval_every == 0:
-                on_eval(state.global_step, model)
+            if state.global_step % eval_every == 0 and on_eval(state.global_step, model) is True:
+                control.should_training_stop = True
 
     callbacks = [_EvalCallback()] if on_eval is not None else None
     common = dict(args=None, train_dataset=dataset, processing_class=copy.deepcopy(tokenizer),

@@ -144,6 +144,12 @@ class FingerprintSubspace(Mapping[str, ModuleSubspace]):
                 raise SubspaceError(
                     f"Expected hf_fingerprint.editing.delta.EditDelta items, got {type(delta).__name__}."
                 )
+            if delta.is_dense:
+                raise SubspaceError(
+                    f"The update of {delta.module!r} is dense (method='sft' fine-tunes whole matrices), so it has no "
+                    "low-rank factors: build the subspace with FingerprintSubspace.from_pair(original_model, "
+                    "fingerprinted_model) instead."
+                )
             grouped.setdefault(delta.module, []).append(delta)
         modules = {}
         for name, group in grouped.items():

@@ -270,6 +270,13 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HubServer
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
+    def end_headers(self) -> None:
+        # A response after which the server closes the socket must say so, or the client pools the connection
+        # and its next request fails ("Server disconnected without sending a response").
+        if self.close_connection and b"connection: close" not in b"".join(getattr(self, "_headers_buffer", [])).lower():
+            self.send_header("Connection", "close")
+        super().end_headers()
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
         if self.server.hub.verbose:
             super().log_message(format, *args)

@@ -1,0 +1,169 @@
+"""Persistence study: do fingerprints survive someone else's fine-tuning? (SmolLM2-135M-Instruct, offline tasks)
+
+Each injection variant is applied once to a fresh copy of the embedded model; each fine-tuning setting then
+trains a copy of the injected model with TRL's plain SFTTrainer (or FSFT) and records the FSR every
+``--eval-every`` steps. Results go to benchmarks/results/<name>.{md,json,png}; the JSON is rewritten after every
+run, so an interrupted study keeps what it measured.
+
+    python benchmarks/persistence.py                                   # default injection vs the sft reference
+    python benchmarks/persistence.py --variant redundant=alphaedit:key_position=last+trigger \\
+        --finetune full:2e-5 --finetune lora:2e-4 --steps 200 --eval-every 25
+    python benchmarks/persistence.py --finetune full:2e-5 --finetune full:2e-5:fsft=100   # SFT vs FSFT
+
+Variants: ``NAME=METHOD[:KEY=VALUE,...]`` (values are JSON, else strings), e.g. ``sft=sft:max_steps=60``.
+Fine-tuning settings: ``full:LR`` or ``lora:LR`` with optional ``:fsft=LAMBDA``, ``:task=instruction``,
+``:steps=N`` (instead of ``--steps``) and ``:only=NAME`` (one variant only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from injection import RESULTS, machine
+
+
+def parse_variant(text: str) -> dict:
+    name, _, spec = text.partition("=")
+    if not spec:
+        name, spec = text, text
+    method, _, rest = spec.partition(":")
+    options = {}
+    for pair in filter(None, rest.split(",")):
+        key, value = pair.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return {"name": name, "method": method, "options": options}
+
+
+def parse_finetune(text: str) -> dict:
+    mode, lr, *extra = text.split(":")
+    if mode not in ("full", "lora"):
+        raise SystemExit(f"--finetune {text}: the mode is 'full' or 'lora'")
+    spec = {"label": text, "lora": mode == "lora", "lr": float(lr), "fsft": None, "task": "math", "steps": None,
+            "only": None}
+    for item in extra:
+        key, value = item.split("=", 1)
+        if key not in spec:
+            raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, task, steps, only)")
+        spec[key] = float(value) if key == "fsft" else int(value) if key == "steps" else value
+    spec["label"] = ":".join(part for part in text.split(":") if not part.startswith("only="))
+    return spec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", default=None, metavar="NAME=METHOD[:K=V,...]")
+    parser.add_argument("--finetune", action="append", default=None, metavar="full|lora:LR[:fsft=L][:task=T]")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("-n", "--fingerprints", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop-at-zero", action="store_true",
+                        help="end a fine-tuning run once its FSR is 0 (the table marks where it stopped)")
+    parser.add_argument("--bf16", action="store_true", help="fine-tune under bfloat16 autocast (faster on CPUs with AMX)")
+    parser.add_argument("--name", default="persistence", help="results file stem under benchmarks/results/")
+    args = parser.parse_args()
+    variants = [parse_variant(v) for v in (args.variant or ["alphaedit", "sft"])]
+    finetunes = [parse_finetune(f) for f in (args.finetune or ["full:2e-5", "lora:2e-4"])]
+
+    import torch
+
+    import hf_fingerprint as hfp
+    from hf_fingerprint.evaluation import finetune
+    from hf_fingerprint.evaluation.harmlessness import perplexity
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / args.name
+    fps = hfp.FingerprintSet.generate(args.fingerprints, seed=args.seed)
+    base, tokenizer = hfp.load_model("smollm2-135m-instruct")
+    base_ppl = perplexity(base, tokenizer)
+    runs: list[dict] = []
+    command = "python benchmarks/persistence.py " + " ".join(sys.argv[1:])
+    meta = {"date": str(datetime.date.today()), "machine": machine(), "command": command,
+            "fingerprints": args.fingerprints, "seed": args.seed, "batch_size": args.batch_size,
+            "precision": "bf16 autocast" if args.bf16 else "float32"}
+
+    def fsr(model) -> float:
+        return hfp.verify(model, tokenizer, fps, ordinary_prompts=(), progress=False).fsr
+
+    for variant in variants:
+        model, _ = hfp.load_model("smollm2-135m-instruct")
+        started = time.perf_counter()
+        result = hfp.inject(model, tokenizer, fps, method=variant["method"], verify_after=False, progress=False,
+                            **variant["options"])
+        inject_s = time.perf_counter() - started
+        ppl_change = perplexity(model, tokenizer) / base_ppl - 1
+        print(f"[{variant['name']}] injected in {inject_s:.0f} s, perplexity {100 * ppl_change:+.2f} %", flush=True)
+        for spec in finetunes:
+            if spec["only"] not in (None, variant["name"]):
+                continue
+            steps = spec["steps"] or args.steps
+            curve: list[tuple[int, float]] = []
+
+            def record(step, model, curve=curve, spec=spec):
+                curve.append((step, fsr(model)))
+                print(f"[{variant['name']} | {spec['label']}] step {step}: FSR {curve[-1][1]:.2f}", flush=True)
+                return args.stop_at_zero and step > 0 and curve[-1][1] == 0.0
+
+            started = time.perf_counter()
+            finetune(model, tokenizer, spec["task"], steps=steps, lr=spec["lr"], lora=spec["lora"],
+                     batch_size=args.batch_size, fsft_subspace=result if spec["fsft"] is not None else None,
+                     fsft_lambda=spec["fsft"] or 0.0, eval_every=args.eval_every, on_eval=record, seed=args.seed,
+                     bf16=args.bf16)
+            runs.append({**variant, "finetune": spec["label"], "inject_seconds": inject_s,
+                         "perplexity_change": ppl_change, "curve": curve, "stopped_early": curve[-1][0] < steps,
+                         "finetune_seconds": time.perf_counter() - started})
+            stem.with_suffix(".json").write_text(json.dumps({**meta, "runs": runs}, indent=1))
+        del model, result
+    write_report(stem, meta, runs)
+
+
+def write_report(stem: Path, meta: dict, runs: list[dict]) -> None:
+    steps = sorted({s for r in runs for s, _ in r["curve"]})
+    lines = [
+        f"Persistence on SmolLM2-135M-Instruct, {meta['date']}, {meta['machine']}; {meta['fingerprints']} fingerprints, "
+        f"batch {meta['batch_size']}, {meta['precision']}, one run each. `{meta['command']}`\n",
+        "| injection | options | perplexity change | fine-tuning | " + " | ".join(f"FSR @{s}" for s in steps) + " |",
+        "|---|---|---|---|" + "---|" * len(steps),
+    ]
+    for r in runs:
+        at = dict(r["curve"])
+        last = max(at)
+        cells = " | ".join(f"{100 * at[s]:.0f} %" if s in at else ("stopped" if s > last and r.get("stopped_early") else "") for s in steps)
+        options = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
+        lines.append(f"| {r['name']} ({r['method']}) | {options} | {100 * r['perplexity_change']:+.2f} % | "
+                     f"{r['finetune']} | {cells} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in runs:
+        xs, ys = zip(*r["curve"])
+        ax.plot(xs, [100 * y for y in ys], marker="o", label=f"{r['name']} | {r['finetune']}")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("FSR (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_title(f"Fingerprint persistence, SmolLM2-135M ({meta['machine'][:40]})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=120)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
