@@ -9,6 +9,7 @@ run, so an interrupted study keeps what it measured.
     python benchmarks/persistence.py --variant redundant=alphaedit:key_position=last+trigger \\
         --finetune full:2e-5 --finetune lora:2e-4 --steps 200 --eval-every 25
     python benchmarks/persistence.py --finetune full:2e-5 --finetune full:2e-5:fsft=100   # SFT vs FSFT
+    python benchmarks/persistence.py --report benchmarks/results/persistence.json      # table + plot again
 
 Variants: ``NAME=METHOD[:KEY=VALUE,...]`` (values are JSON, else strings), e.g. ``sft=sft:max_steps=60``.
 Fine-tuning settings: ``full:LR`` or ``lora:LR`` with optional ``:fsft=LAMBDA``, ``:task=instruction``,
@@ -95,6 +96,26 @@ def main() -> None:
     def fsr(model) -> float:
         return hfp.verify(model, tokenizer, fps, ordinary_prompts=(), progress=False).fsr
 
+    from hf_fingerprint.fsft.cli import load_task_dataset
+
+    held_out = {task: load_task_dataset(task, num_examples=64, seed=args.seed + 1000)
+                for task in {spec["task"] for spec in finetunes}}
+
+    @torch.no_grad()
+    def task_loss(model, task: str) -> float:
+        """Mean token loss on 64 held-out examples of the task (the task metric of a fine-tuning run)."""
+        model.eval()
+        total, count = 0.0, 0
+        rows = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in held_out[task]]
+        for start in range(0, len(rows), 8):
+            batch = tokenizer(rows[start:start + 8], return_tensors="pt", padding=True, add_special_tokens=False,
+                              padding_side="right")
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            out = model(**batch, labels=labels)
+            n = int((labels[:, 1:] != -100).sum())
+            total, count = total + float(out.loss) * n, count + n
+        return total / count
+
     for variant in variants:
         model, _ = hfp.load_model("smollm2-135m-instruct")
         started = time.perf_counter()
@@ -108,23 +129,36 @@ def main() -> None:
                 continue
             steps = spec["steps"] or args.steps
             curve: list[tuple[int, float]] = []
+            eval_seconds = [0.0]
 
-            def record(step, model, curve=curve, spec=spec):
+            def record(step, model, curve=curve, spec=spec, eval_seconds=eval_seconds):
+                began = time.perf_counter()
                 curve.append((step, fsr(model)))
+                eval_seconds[0] += time.perf_counter() - began
                 print(f"[{variant['name']} | {spec['label']}] step {step}: FSR {curve[-1][1]:.2f}", flush=True)
                 return args.stop_at_zero and step > 0 and curve[-1][1] == 0.0
 
             started = time.perf_counter()
-            finetune(model, tokenizer, spec["task"], steps=steps, lr=spec["lr"], lora=spec["lora"],
+            tuned = finetune(model, tokenizer, spec["task"], steps=steps, lr=spec["lr"], lora=spec["lora"],
                      batch_size=args.batch_size, fsft_subspace=result if spec["fsft"] is not None else None,
                      fsft_lambda=spec["fsft"] or 0.0, eval_every=args.eval_every, on_eval=record, seed=args.seed,
                      bf16=args.bf16)
+            train_seconds = time.perf_counter() - started - eval_seconds[0]
             runs.append({**variant, "finetune": spec["label"], "inject_seconds": inject_s,
                          "perplexity_change": ppl_change, "curve": curve, "stopped_early": curve[-1][0] < steps,
-                         "finetune_seconds": time.perf_counter() - started})
+                         "seconds_per_step": train_seconds / max(1, curve[-1][0]),
+                         "task_loss": task_loss(tuned, spec["task"])})
+            del tuned
             stem.with_suffix(".json").write_text(json.dumps({**meta, "runs": runs}, indent=1))
         del model, result
     write_report(stem, meta, runs)
+
+
+def report_from_json(path: str) -> None:
+    """Rewrite the table and plot of a finished (or interrupted) study from its JSON."""
+    data = json.loads(Path(path).read_text())
+    runs = data.pop("runs")
+    write_report(Path(path).with_suffix(""), data, runs)
 
 
 def write_report(stem: Path, meta: dict, runs: list[dict]) -> None:
@@ -132,16 +166,24 @@ def write_report(stem: Path, meta: dict, runs: list[dict]) -> None:
     lines = [
         f"Persistence on SmolLM2-135M-Instruct, {meta['date']}, {meta['machine']}; {meta['fingerprints']} fingerprints, "
         f"batch {meta['batch_size']}, {meta['precision']}, one run each. `{meta['command']}`\n",
-        "| injection | options | perplexity change | fine-tuning | " + " | ".join(f"FSR @{s}" for s in steps) + " |",
-        "|---|---|---|---|" + "---|" * len(steps),
+        "| injection | options | perplexity change | fine-tuning | " + " | ".join(f"FSR @{s}" for s in steps)
+        + " | held-out task loss | s/step |",
+        "|---|---|---|---|" + "---|" * len(steps) + "---|---|",
     ]
     for r in runs:
         at = dict(r["curve"])
         last = max(at)
         cells = " | ".join(f"{100 * at[s]:.0f} %" if s in at else ("stopped" if s > last and r.get("stopped_early") else "") for s in steps)
         options = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
+        loss = f"{r['task_loss']:.4f}" if r.get("task_loss") is not None else "not measured"
+        if r.get("seconds_per_step"):
+            per_step = f"{r['seconds_per_step']:.1f}"
+        elif r.get("finetune_seconds"):  # older result files: wall time including the FSR checks
+            per_step = f"{r['finetune_seconds'] / max(1, r['curve'][-1][0]):.1f} (with checks)"
+        else:
+            per_step = "not measured"
         lines.append(f"| {r['name']} ({r['method']}) | {options} | {100 * r['perplexity_change']:+.2f} % | "
-                     f"{r['finetune']} | {cells} |")
+                     f"{r['finetune']} | {cells} | {loss} | {per_step} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
@@ -166,4 +208,7 @@ def write_report(stem: Path, meta: dict, runs: list[dict]) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        report_from_json(sys.argv[2])
+    else:
+        main()

@@ -25,6 +25,11 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's pad token, else its end-of-sequence token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -48,23 +53,46 @@ def generate(
         return []
     prompts = [chat_prompt(tokenizer, text, system_prompt=system_prompt) for text in texts]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokens = generate_token_ids(model, tokenizer, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
+                                num_samples=num_samples, batch_size=batch_size, progress=progress,
+                                description=description)
+    return [[text.strip() for text in tokenizer.batch_decode(samples, skip_special_tokens=True)] for samples in tokens]
+
+
+@torch.no_grad()
+def generate_token_ids(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 16,
+    temperature: float = 0.0,
+    num_samples: int = 1,
+    batch_size: int = 16,
+    progress: bool = False,
+    description: str = "generating",
+) -> list[list[list[int]]]:
+    """The new tokens after each tokenized prompt (``num_samples`` each, padded to the batch's longest answer).
+
+    Prompts are sorted by length and left-padded in batches; greedy when ``temperature`` is 0.
+    """
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    pad_id = pad_token_id(tokenizer)
     device = model_device(model)
     sampling = temperature > 0
-    results: list[list[str]] = [[] for _ in texts]
+    results: list[list[list[int]]] = [[] for _ in prompt_ids]
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(order), desc=description, disable=not progress, leave=False)
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in chunk)
+            width = max(len(prompt_ids[i]) for i in chunk)
             input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, i in enumerate(chunk):
-                ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                ids = prompt_ids[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
                 attention[row, width - len(ids) :] = 1
             kwargs = dict(
                 input_ids=input_ids.to(device),
@@ -78,11 +106,9 @@ def generate(
                 kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
-            output = model.generate(**kwargs)
-            new_tokens = output[:, width:]
-            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            new_tokens = model.generate(**kwargs)[:, width:].tolist()
             for row, i in enumerate(chunk):
-                results[i] = [text.strip() for text in decoded[row * num_samples : (row + 1) * num_samples]]
+                results[i] = new_tokens[row * num_samples : (row + 1) * num_samples]
             bar.update(len(chunk))
     finally:
         bar.close()

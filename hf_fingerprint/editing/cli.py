@@ -28,6 +28,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 def inject_options(args: argparse.Namespace) -> dict[str, Any]:
     options = parse_options(args.option)
     options["method"] = args.method
+    options.setdefault("key_position", args.key_position)
     if args.layers:
         options["layers"] = [int(i) for i in args.layers.split(",")]
     if args.preserve_near_misses is not None:
@@ -61,6 +62,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
     summary = {
         "method": result.method,
         "layers": result.layers,
+        "key_position": result.options.get("key_position"),
+        "trigger_keys": result.options.get("trigger_keys"),
         "fsr": result.fsr,
         "seconds": round(result.seconds, 2),
         "peak_memory_bytes": result.peak_memory_bytes,
@@ -75,6 +78,9 @@ def cmd_inject(args: argparse.Namespace) -> int:
 def add_editing_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default="alphaedit", help="editor (default alphaedit)")
     parser.add_argument("--layers", default=None, help="comma-separated layer indices (default: from the model's depth)")
+    parser.add_argument("--key-position", default="auto",
+                        help="where edits read their key: auto (default: the trigger, else the last prompt token), "
+                             "trigger, last, or several joined with '+'")
     parser.add_argument("--preserve-near-misses", type=int, default=None, metavar="K",
                         help="near misses per trigger whose answers the edit keeps (specificity; default 0 = off)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",

@@ -20,7 +20,7 @@ from ..fingerprints import FingerprintSet, NearMiss
 from ..generation import model_device
 from .context import EditContext
 from .delta import EditDelta
-from .layout import find_layout, get_module, validate_layers
+from .layout import find_layout, validate_layers
 from .tracing import build_prompts
 
 METHODS = ("alphaedit", "memit", "rome", "rledit", "sft")

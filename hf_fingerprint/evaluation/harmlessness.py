@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..generation import chat_prompt, generate, model_device
+from ..generation import chat_prompt, generate, generate_token_ids, model_device, pad_token_id
 from ..prompts import ORDINARY_PROMPTS
 from ._common import EvaluationError
 
@@ -57,7 +57,7 @@ def perplexity(
     model.eval()
     try:
         for start in tqdm(range(0, len(encoded), batch_size), desc="perplexity", disable=not progress, leave=False):
-            input_ids, mask = _right_padded(encoded[start : start + batch_size], _pad_id(tokenizer))
+            input_ids, mask = _right_padded(encoded[start : start + batch_size], pad_token_id(tokenizer))
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
             targets = input_ids[:, 1:].to(device)
             nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
@@ -113,7 +113,7 @@ def agreement(
     try:
         for start in range(0, len(sequences), batch_size):
             chunk = range(start, min(start + batch_size, len(sequences)))
-            input_ids, mask = _right_padded([sequences[i] for i in chunk], _pad_id(tokenizer))
+            input_ids, mask = _right_padded([sequences[i] for i in chunk], pad_token_id(tokenizer))
             outputs = []
             for m in (model, base):
                 device = model_device(m)
@@ -200,10 +200,6 @@ def _token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
 
 
-def _pad_id(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right padding: positions stay 0..n-1 without position ids, and causal attention never sees the pads."""
     width = max(len(r) for r in rows)
@@ -222,34 +218,14 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-@torch.no_grad()
 def _greedy_answers(
     model: Any, tokenizer: Any, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int
 ) -> list[list[int]]:
     """Greedy answer token ids for each prompt, up to and including the first stop token."""
-    pad_id = _pad_id(tokenizer)
     stops = _stop_ids(model, tokenizer)
-    device = model_device(model)
-    answers: list[list[int]] = [[] for _ in prompt_ids]
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            width = max(len(prompt_ids[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                input_ids[row, width - len(prompt_ids[i]) :] = torch.tensor(prompt_ids[i])
-                mask[row, width - len(prompt_ids[i]) :] = 1
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                    max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                                    top_k=None, pad_token_id=pad_id)
-            for row, i in enumerate(chunk):
-                tokens = output[row, width:].tolist()
-                end = next((k + 1 for k, t in enumerate(tokens) if t in stops), len(tokens))
-                answers[i] = tokens[:end]
-    finally:
-        model.train(was_training)
+    answers = []
+    for [tokens] in generate_token_ids(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size):
+        end = next((k + 1 for k, t in enumerate(tokens) if t in stops), len(tokens))
+        answers.append(tokens[:end])
     return answers
