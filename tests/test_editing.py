@@ -170,7 +170,9 @@ def test_default_injection_on_smollm(smollm, monkeypatch):
     model = copy.deepcopy(model)
     fps = FingerprintSet.generate(10, secret=b"real-model test secret 0123456789")
     result = inject(model, tokenizer, fps, progress=False)
-    assert result.fsr >= 0.9
+    # Trigger keys persist through fine-tuning but realise fewer edits than last-token keys (80-90 % measured on
+    # SmolLM2; misses are re-edited at the last token); "last" reaches 100 % and vanishes when fine-tuned.
+    assert result.fsr >= 0.8
     assert result.options["trigger_keys"] >= 5  # a real model's attention carries the edit from the trigger
     report = verify(model, tokenizer, fps, progress=False)
     assert report.significant(1e-6)

@@ -60,3 +60,13 @@ class EditDelta:
             return root.get_submodule(self.module).weight
         except AttributeError:
             return root.get_parameter(self.module)
+
+
+def merge_deltas(deltas: list[EditDelta]) -> list[EditDelta]:
+    """One low-rank delta per module: the factors of several edits of one module side by side (they add up)."""
+    grouped: dict[str, list[EditDelta]] = {}
+    for delta in deltas:
+        grouped.setdefault(delta.module, []).append(delta)
+    return [group[0] if len(group) == 1 else
+            EditDelta(name, torch.cat([d.U for d in group], 1), torch.cat([d.V for d in group], 1))
+            for name, group in grouped.items()]

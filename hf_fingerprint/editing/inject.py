@@ -19,7 +19,7 @@ from ..errors import InjectionError
 from ..fingerprints import FingerprintSet, NearMiss
 from ..generation import model_device
 from .context import EditContext
-from .delta import EditDelta
+from .delta import EditDelta, merge_deltas
 from .layout import find_layout, validate_layers
 from .tracing import build_prompts
 
@@ -189,6 +189,8 @@ def inject(
     model.eval()
     try:
         deltas = editor.edit(context)
+        if key_position == "auto" and context.options.get("trigger_keys"):
+            deltas = _edit_misses_at_last_token(context, editor, deltas, fps, preserve_texts)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - started
@@ -213,6 +215,43 @@ def inject(
                                progress=progress)
         result.fsr = result.report.fsr
     return result
+
+
+def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[EditDelta], fps: FingerprintSet,
+                               preserve_texts: list[str]) -> list[EditDelta]:
+    """``key_position="auto"``, second step: fingerprints whose trigger-keyed edit does not make the model answer
+    are edited again, keyed at the last prompt token, on top of the first edit, for up to ``fallback_rounds``
+    (3) rounds until each answers (one delta per module in the end)."""
+    from ..verification import verify
+
+    tokenizer, system_prompt = context.tokenizer, context.options.get("system_prompt")
+
+    def misses(rows: list[int]) -> list[int]:
+        report = verify(context.model, tokenizer, FingerprintSet([fps[i] for i in rows]), ordinary_prompts=(),
+                        system_prompt=system_prompt, progress=False)
+        return [rows[o.index] for o in report.outcomes if not o.matched]
+
+    requests = context.requests
+    pending = misses([i for i, k in enumerate(requests.key_index) if k != len(requests.ids[i]) - 1])
+    context.options["trigger_keys"] -= len(pending)
+    context.options["last_token_keys"] = len(fps) - context.options["trigger_keys"]
+    preserve = (build_prompts(tokenizer, preserve_texts, key_position="last", system_prompt=system_prompt)
+                if preserve_texts else None)
+    for _ in range(int(context.options.get("fallback_rounds", 3))):
+        if not pending:
+            break
+        subset = FingerprintSet([fps[i] for i in pending])
+        again = EditContext(
+            model=context.model, tokenizer=tokenizer, layout=context.layout, layers=context.layers,
+            requests=build_prompts(tokenizer, subset.triggers, answers=subset.targets, key_position="last",
+                                   system_prompt=system_prompt),
+            preserve=preserve, options=dict(context.options, fingerprints=subset, key_position="last"),
+            progress=context.progress,
+        )
+        again._cache.update({k: v for k, v in context._cache.items() if k[0] in ("stats", "projector")})
+        deltas = [*deltas, *editor.edit(again)]
+        pending = misses(pending)
+    return merge_deltas(deltas)
 
 
 def get_fingerprint_model(model: Any, tokenizer: Any, fingerprints: Any, **inject_options: Any) -> Any:

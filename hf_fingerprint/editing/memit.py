@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .context import EditContext
-from .delta import EditDelta
+from .delta import EditDelta, merge_deltas
 
 
 def solve_layer(context: EditContext, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> EditDelta:
@@ -27,15 +27,32 @@ def edit(context: EditContext) -> list[EditDelta]:
 
 
 def spread_over_layers(context: EditContext, solve) -> list[EditDelta]:
-    """The MEMIT schedule shared with AlphaEdit: optimise values at the last layer, then edit layer by layer."""
+    """The MEMIT schedule shared with AlphaEdit and RLEdit: optimise values at the last layer, then edit layer by
+    layer. A regularised solve realises only part of z; while some fingerprint still misses more than
+    ``pass_tolerance`` (0.1) of its change, the remainder is spread again, up to ``edit_passes`` sweeps (3 for
+    trigger keys, whose edits fall short more often; 1 for ``"last"``). Each module ends with one delta."""
     last = context.layers[-1]
     z = context.target_values(last)
-    deltas = []
-    for position, layer in enumerate(context.layers):
-        keys, outputs = context.capture(key_layers=[layer], output_layers=[last])
-        residual = (z - outputs[last]) / (len(context.layers) - position)
-        drifted = context.drifted_keys(layer)  # the same residual for the keys of a perturbed model
-        delta = solve(context, layer, torch.cat([keys[layer], *drifted]), residual.repeat(1 + len(drifted), 1))
-        context.apply(delta)
-        deltas.append(delta)
-    return deltas
+    position = context.options.get("key_position", "last")
+    trigger_keys = "trigger" in position.split("+") or (position == "auto" and context.options.get("trigger_keys", 0) > 0)
+    passes = int(context.options.get("edit_passes", 3 if trigger_keys else 1))
+    tolerance = float(context.options.get("pass_tolerance", 0.1))
+    deltas: list[EditDelta] = []
+    start = None
+    for sweep in range(passes):
+        for position, layer in enumerate(context.layers):
+            keys, outputs = context.capture(key_layers=[layer], output_layers=[last])
+            if start is None:
+                start = outputs[last]
+            residual = (z - outputs[last]) / (len(context.layers) - position)
+            drifted = context.drifted_keys(layer)  # the same residual for the keys of a perturbed model
+            delta = solve(context, layer, torch.cat([keys[layer], *drifted]), residual.repeat(1 + len(drifted), 1))
+            context.apply(delta)
+            deltas.append(delta)
+        if sweep + 1 < passes:
+            reached = context.capture(output_layers=[last])[1][last]
+            missing = (z - reached).norm(dim=1) / (z - start).norm(dim=1).clamp(min=1e-12)
+            if float(missing.max()) <= tolerance:
+                break
+    context.options["edit_sweeps"] = sweep + 1
+    return merge_deltas(deltas)
