@@ -200,7 +200,7 @@ def write_report(stem: Path, meta: dict, runs: list[dict]) -> None:
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("FSR (%)")
     ax.set_ylim(-5, 105)
-    ax.set_title(f"Fingerprint persistence, SmolLM2-135M ({meta['machine'][:40]})", fontsize=9)
+    ax.set_title(f"Fingerprint persistence, SmolLM2-135M\n{meta['machine']}", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"), dpi=120)
