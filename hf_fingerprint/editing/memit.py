@@ -39,19 +39,21 @@ def spread_over_layers(context: EditContext, solve) -> list[EditDelta]:
     tolerance = float(context.options.get("pass_tolerance", 0.1))
     deltas: list[EditDelta] = []
     start = None
+    ahead = None  # the next sweep's first capture, taken by the convergence check
     for sweep in range(passes):
-        for position, layer in enumerate(context.layers):
-            keys, outputs = context.capture(key_layers=[layer], output_layers=[last])
+        for index, layer in enumerate(context.layers):
+            keys, outputs = ahead or context.capture(key_layers=[layer], output_layers=[last])
+            ahead = None
             if start is None:
                 start = outputs[last]
-            residual = (z - outputs[last]) / (len(context.layers) - position)
+            residual = (z - outputs[last]) / (len(context.layers) - index)
             drifted = context.drifted_keys(layer)  # the same residual for the keys of a perturbed model
             delta = solve(context, layer, torch.cat([keys[layer], *drifted]), residual.repeat(1 + len(drifted), 1))
             context.apply(delta)
             deltas.append(delta)
         if sweep + 1 < passes:
-            reached = context.capture(output_layers=[last])[1][last]
-            missing = (z - reached).norm(dim=1) / (z - start).norm(dim=1).clamp(min=1e-12)
+            ahead = context.capture(key_layers=[context.layers[0]], output_layers=[last])
+            missing = (z - ahead[1][last]).norm(dim=1) / (z - start).norm(dim=1).clamp(min=1e-12)
             if float(missing.max()) <= tolerance:
                 break
     context.options["edit_sweeps"] = sweep + 1
