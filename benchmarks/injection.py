@@ -5,6 +5,11 @@ allocated on CUDA) are its own. Prints a markdown table and writes it to benchma
 
     python benchmarks/injection.py                       # all methods, 10 and 100 fingerprints
     python benchmarks/injection.py --methods alphaedit memit --sizes 10
+    python benchmarks/injection.py --methods alphaedit alphaedit:near_misses=auto sft --sizes 10
+
+A method may carry options as ``METHOD:KEY=VALUE,...`` (JSON values, else strings), so one method can appear
+twice with different options. ``sft``, unless given ``target_fsr``, trains until it reaches the FSR of the first
+editor of the same size in the run (the comparison at equal FSR).
 """
 
 from __future__ import annotations
@@ -69,7 +74,19 @@ def run_one(method: str, size: int, seed: int, options: dict) -> dict:
         "kl": agree.mean_kl,
         "p_value": report.p_value,
         "torch_threads": torch.get_num_threads(),
+        "trigger_keys": result.options.get("trigger_keys"),
     }
+
+
+def parse_options(text: str) -> dict:
+    options = {}
+    for pair in filter(None, text.split(",")):
+        key, value = pair.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def main() -> None:
@@ -94,8 +111,13 @@ def main() -> None:
         options.setdefault(method, {})[key] = json.loads(value)
     rows = []
     for size in args.sizes:
-        for method in args.methods:
-            spec = {"method": method, "size": size, "seed": args.seed, "options": options.get(method, {})}
+        for token in args.methods:
+            method, _, inline = token.partition(":")
+            spec = {"method": method, "size": size, "seed": args.seed,
+                    "options": {**options.get(method, {}), **parse_options(inline)}}
+            edits = [r for r in rows if r["n"] == size and r["method"] != "sft" and "error" not in r]
+            if method == "sft" and "target_fsr" not in spec["options"] and edits:
+                spec["options"]["target_fsr"] = edits[0]["fsr"]
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
@@ -106,27 +128,40 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
+            write_table(rows, args.output)
+    print(write_table(rows, args.output))
+
+
+def write_table(rows: list[dict], output: str) -> str:
+    """The markdown table of the rows so far (rewritten after every row, so an interrupted run keeps them)."""
     header = (
         f"Injection on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; one run each, "
-        f"`python benchmarks/injection.py {' '.join(sys.argv[1:])}`.\n\n"
-        "| method | n | time (s) | peak memory (GB) | FSR | base FSR | near-miss false triggers | "
+        f"`python benchmarks/injection.py {' '.join(sys.argv[1:])}`. Near-miss false triggers: 2 near misses per "
+        "trigger (character edits, re-shuffles, drops, swaps, truncations; seed 99), other than those an editor preserves.\n\n"
+        "| method | options | n | time (s) | peak memory (GB) | FSR | trigger keys | base FSR | near-miss false triggers | "
         "ordinary false triggers | perplexity change | token agreement | KL |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     body = ""
     for r in rows:
         if "error" in r:
-            body += f"| {r['method']} | {r['n']} | failed: {' '.join(r['error'])[:80]} |||||||||\n"
+            body += f"| {r['method']} | | {r['n']} | failed: {' '.join(r['error'])[:80]} ||||||||||\n"
             continue
+        keys = r.get("trigger_keys")
         body += (
-            f"| {r['method']} | {r['n']} | {r['seconds']:.1f} | {r['peak_memory_gb']:.2f} | {100 * r['fsr']:.0f} % | "
+            f"| {r['method']} | {describe(r['options'])} | {r['n']} | {r['seconds']:.1f} | {r['peak_memory_gb']:.2f} | "
+            f"{100 * r['fsr']:.0f} % | {'-' if keys is None else keys} | "
             f"{100 * r['base_fsr']:.0f} % | {100 * r['near_miss_false_triggers']:.1f} % | "
             f"{100 * r['ordinary_false_triggers']:.1f} % | {100 * r['perplexity_change']:+.2f} % | "
             f"{100 * r['token_agreement']:.1f} % | {r['kl']:.4f} |\n"
         )
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(header + body)
-    print(header + body)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(header + body)
+    return header + body
+
+
+def describe(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
 
 
 if __name__ == "__main__":

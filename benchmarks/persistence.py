@@ -12,7 +12,8 @@ run, so an interrupted study keeps what it measured.
     python benchmarks/persistence.py --report benchmarks/results/persistence.json      # table + plot again
 
 Variants: ``NAME=METHOD[:KEY=VALUE,...]`` (values are JSON, else strings), e.g. ``sft=sft:max_steps=60``.
-Fine-tuning settings: ``full:LR`` or ``lora:LR`` with optional ``:fsft=LAMBDA``, ``:task=instruction``,
+Fine-tuning settings: ``full:LR`` or ``lora:LR`` with optional ``:fsft=LAMBDA`` (and ``:variant=project`` etc.,
+the FSFT penalty's form; ``:anchor=LAMBDA`` adds the key anchor), ``:task=instruction``,
 ``:steps=N`` (instead of ``--steps``) and ``:only=NAME`` (one variant only).
 """
 
@@ -48,13 +49,13 @@ def parse_finetune(text: str) -> dict:
     mode, lr, *extra = text.split(":")
     if mode not in ("full", "lora"):
         raise SystemExit(f"--finetune {text}: the mode is 'full' or 'lora'")
-    spec = {"label": text, "lora": mode == "lora", "lr": float(lr), "fsft": None, "task": "math", "steps": None,
-            "only": None}
+    spec = {"label": text, "lora": mode == "lora", "lr": float(lr), "fsft": None, "variant": "input", "anchor": None, "task": "math",
+            "steps": None, "only": None}
     for item in extra:
         key, value = item.split("=", 1)
         if key not in spec:
-            raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, task, steps, only)")
-        spec[key] = float(value) if key == "fsft" else int(value) if key == "steps" else value
+            raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, variant, anchor, task, steps, only)")
+        spec[key] = float(value) if key in ("fsft", "anchor") else int(value) if key == "steps" else value
     spec["label"] = ":".join(part for part in text.split(":") if not part.startswith("only="))
     return spec
 
@@ -62,7 +63,7 @@ def parse_finetune(text: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", default=None, metavar="NAME=METHOD[:K=V,...]")
-    parser.add_argument("--finetune", action="append", default=None, metavar="full|lora:LR[:fsft=L][:task=T]")
+    parser.add_argument("--finetune", action="append", default=None, metavar="full|lora:LR[:fsft=L][:variant=V][:task=T]")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -138,11 +139,14 @@ def main() -> None:
                 print(f"[{variant['name']} | {spec['label']}] step {step}: FSR {curve[-1][1]:.2f}", flush=True)
                 return args.stop_at_zero and step > 0 and curve[-1][1] == 0.0
 
+            anchor = {} if spec["anchor"] is None else {"fsft_fingerprints": fps, "fsft_anchor_lambda": spec["anchor"]}
+            if spec["anchor"] is not None and spec["fsft"] is None:
+                raise SystemExit(f"--finetune {spec['label']}: anchor= is part of FSFT; give fsft= too (0 for anchor only)")
             started = time.perf_counter()
             tuned = finetune(model, tokenizer, spec["task"], steps=steps, lr=spec["lr"], lora=spec["lora"],
                      batch_size=args.batch_size, fsft_subspace=result if spec["fsft"] is not None else None,
-                     fsft_lambda=spec["fsft"] or 0.0, eval_every=args.eval_every, on_eval=record, seed=args.seed,
-                     bf16=args.bf16)
+                     fsft_lambda=spec["fsft"] or 0.0, fsft_variant=spec["variant"], eval_every=args.eval_every,
+                     on_eval=record, seed=args.seed, bf16=args.bf16, **anchor)
             train_seconds = time.perf_counter() - started - eval_seconds[0]
             runs.append({**variant, "finetune": spec["label"], "inject_seconds": inject_s,
                          "perplexity_change": ppl_change, "curve": curve, "stopped_early": curve[-1][0] < steps,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_fingerprint.editing.delta import EditDelta
-from hf_fingerprint.errors import SubspaceError
+from hf_fingerprint.errors import FingerprintError, SubspaceError
 from hf_fingerprint.fsft import FingerprintSubspace, FSFTConfig, FSFTTrainer
 from hf_fingerprint.models import tiny_model
 from hf_fingerprint.tasks import math_task
@@ -378,13 +378,21 @@ def test_cli_fsft_help_and_end_to_end(models, tmp_path, capsys):
         "fsft", str(tmp_path / "model"), "--fingerprint", str(tmp_path / "adapter"), "--dataset",
         str(tmp_path / "train.jsonl"), "--max-steps", "2", "--batch-size", "2", "--max-length", "64",
         "--learning-rate", "1e-2", "--logging-steps", "1", "--eval-fraction", "0.25", "--cpu", "--output-dir",
-        str(out),
+        str(out), "--anchor-lambda", "10",
     ])
+    with pytest.raises(FingerprintError, match="needs --fingerprints"):
+        args.func(args)
+    from hf_fingerprint import FingerprintSet
+
+    FingerprintSet.generate(3, seed=5).save(tmp_path / "fps.json")
+    args.fingerprints = str(tmp_path / "fps.json")
     assert args.func(args) == 0
     summary = json.loads((out / "fsft_summary.json").read_text())
     assert summary["protected_modules"] == {name: RANK for name in EDITED}
     penalties = [entry["fsft_penalty"] for entry in summary["log_history"] if "fsft_penalty" in entry]
     assert penalties[0] == 0.0 and summary["final_fsft_penalty"] > 0
+    anchors = [entry["fsft_anchor"] for entry in summary["log_history"] if "fsft_anchor" in entry]
+    assert anchors[0] == 0.0 and anchors[-1] > 0 and summary["anchor_lambda"] == 10
     assert "eval_loss" in summary["eval"]
     assert (out / "model.safetensors").is_file()
 
@@ -449,3 +457,78 @@ def test_fsdp2_dtensor_weights_in_a_one_process_group():
     assert result["input"] > 0 and result["two_sided"] > 0 and result["direction"] > 0
     assert result["grad"] > 0 and result["grad_on_v"] < 1e-6 * result["grad"]
     assert result["after_project"] < 1e-10 * result["input"]
+
+
+# ----- the key anchor -----
+
+
+def _triggers(n: int = 4) -> list[str]:
+    from hf_fingerprint import FingerprintSet
+
+    return FingerprintSet.generate(n, seed=3).triggers
+
+
+def _key_drift(trained, reference_model, tokenizer, triggers) -> float:
+    """Mean relative squared change of the edited modules' inputs on the trigger prompts."""
+    from hf_fingerprint.fsft.anchor import KeyAnchor
+
+    anchor = KeyAnchor(reference_model, tokenizer, triggers, [reference_model.get_submodule(n) for n in EDITED],
+                       per_step=len(triggers))
+    anchor.modules = [trained.get_submodule(n) for n in EDITED]
+    with torch.no_grad():
+        return anchor(trained).item()
+
+
+def test_key_anchor_holds_the_keys_that_plain_fine_tuning_moves(models, dataset, tmp_path):
+    _, fingerprinted, tokenizer, deltas = models
+    triggers = _triggers()
+    drift = {}
+    for anchor_lambda in (0.0, 1e3):
+        args = _config(tmp_path, max_steps=4, learning_rate=1e-2, fsft_lambda=0.0, fsft_anchor_lambda=anchor_lambda,
+                       fsft_anchor_prompts=2)
+        model = _copy(fingerprinted)
+        trainer = FSFTTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              fingerprint_subspace=_Injection(deltas), fingerprints=triggers)
+        trainer.train()
+        if anchor_lambda:
+            logged = _logged(trainer, "fsft_anchor")
+            assert len(logged) == 4 and logged[0] == 0.0 and logged[-1] > 0.0
+        else:
+            assert not _logged(trainer, "fsft_anchor")
+        drift[anchor_lambda] = _key_drift(model, fingerprinted, tokenizer, triggers)
+    assert drift[0.0] > 1e-3  # plain fine-tuning moves the keys...
+    assert drift[1e3] < 0.3 * drift[0.0]  # ...the anchor keeps them
+
+
+def test_key_anchor_with_accumulation_gives_the_same_update(models, tmp_path):
+    _, fingerprinted, tokenizer, deltas = models
+    triggers = _triggers(3)
+    updates = {}
+    # Two SGD steps over the whole 4-example set: the anchor is 0 with no gradient at the first step, so the second
+    # step is the one that carries it.
+    for batch, accumulation, anchor_lambda in ((4, 1, 1e4), (2, 2, 1e4), (4, 1, 0.0)):
+        model = _copy(fingerprinted)
+        args = _config(tmp_path, max_steps=2, per_device_train_batch_size=batch,
+                       gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=0.5, max_grad_norm=0.0,
+                       weight_decay=0.0, fsft_lambda=0.0, fsft_anchor_lambda=anchor_lambda, fsft_anchor_prompts=3)
+        trainer = FSFTTrainer(model, args=args, train_dataset=math_task(4, seed=9), processing_class=tokenizer,
+                              fingerprint_subspace=_Injection(deltas), fingerprints=triggers)
+        trainer.train()
+        updates[(batch, anchor_lambda)] = {name: p.detach().clone() for name, p in model.named_parameters()}
+    whole, split, plain = updates[(4, 1e4)], updates[(2, 1e4)], updates[(4, 0.0)]
+    anchor_effect = max((whole[n] - plain[n]).abs().max().item() for n in whole)
+    mismatch = max((whole[n] - split[n]).abs().max().item() for n in whole)
+    assert anchor_effect > 1e-3
+    assert mismatch < 1e-4 * max(1.0, anchor_effect)
+
+
+def test_key_anchor_needs_the_fingerprints(models, dataset, tmp_path):
+    _, fingerprinted, tokenizer, deltas = models
+    with pytest.raises(ValueError, match="needs the fingerprints"):
+        FSFTTrainer(_copy(fingerprinted), args=_config(tmp_path, fsft_anchor_lambda=1.0), train_dataset=dataset,
+                    processing_class=tokenizer, fingerprint_subspace=_Injection(deltas))
+    with pytest.raises(ValueError, match="fingerprints must be"):
+        FSFTTrainer(_copy(fingerprinted), args=_config(tmp_path, fsft_anchor_lambda=1.0), train_dataset=dataset,
+                    processing_class=tokenizer, fingerprint_subspace=_Injection(deltas), fingerprints=[3, 4])
+    with pytest.raises(ValueError, match="fsft_anchor_prompts"):
+        _config(tmp_path, fsft_anchor_prompts=0)

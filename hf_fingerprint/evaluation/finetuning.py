@@ -28,6 +28,7 @@ def finetune(
     fsft_subspace: Any = None,
     fsft_lambda: float = 100.0,
     fsft_variant: str = "input",
+    fsft_fingerprints: Any = None,
     eval_every: int | None = None,
     on_eval: Callable[[int, Any], Any] | None = None,
     num_examples: int = 2000,
@@ -44,7 +45,8 @@ def finetune(
     adapter on all linear layers (alpha ``2 * lora_r`` by default), merged into the weights at the end.
     ``fsft_subspace``: anything :class:`hf_fingerprint.FSFTTrainer` takes as ``fingerprint_subspace`` (e.g. the
     :class:`~hf_fingerprint.InjectionResult`); it switches from plain SFT to FSFT with ``fsft_lambda`` and
-    ``fsft_variant``. ``on_eval(step, model)`` is called before the first step and every ``eval_every`` steps
+    ``fsft_variant``; ``fsft_fingerprints`` goes to the trainer as ``fingerprints`` (the key anchor, with
+    ``fsft_anchor_lambda=...`` among ``config_overrides``). ``on_eval(step, model)`` is called before the first step and every ``eval_every`` steps
     (e.g. to record the FSR curve); returning ``True`` from it stops training there. AdamW at a constant ``lr``, float32, on the GPU when there is one;
     ``config_overrides`` go to the ``SFTConfig``/``FSFTConfig``. Returns a copy unless ``inplace``.
     """
@@ -97,7 +99,8 @@ def finetune(
             from ..fsft import FSFTConfig, FSFTTrainer
 
             config = FSFTConfig(**settings, fsft_lambda=fsft_lambda, fsft_variant=fsft_variant)
-            trainer = FSFTTrainer(result, **{**common, "args": config}, fingerprint_subspace=fsft_subspace)
+            trainer = FSFTTrainer(result, **{**common, "args": config}, fingerprint_subspace=fsft_subspace,
+                                  fingerprints=fsft_fingerprints)
         trainer.train()
         trained = trainer.model.merge_and_unload() if lora else trainer.model
     finally:

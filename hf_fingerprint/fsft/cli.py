@@ -56,6 +56,12 @@ def add_fsft_command(subparsers: Any) -> argparse.ArgumentParser:
                       "as --energy requires).")
     fsft.add_argument("--energy", type=float, default=0.999, help="Share of each edit's spectral energy that the "
                       "protected directions keep, when --rank is not given.")
+    fsft.add_argument("--anchor-lambda", type=float, default=0.0, help="Weight of the key anchor (0 = off): keeps "
+                      "the edited layers' inputs on the fingerprint prompts as they were, which the penalty alone "
+                      "cannot (upstream weights move them). Needs --fingerprints.")
+    fsft.add_argument("--anchor-prompts", type=int, default=2, help="Fingerprint prompts per step for the anchor.")
+    fsft.add_argument("--fingerprints", metavar="FILE", default=None, help="The fingerprint set JSON (secret, "
+                      "from 'generate'), for --anchor-lambda.")
     train = parser.add_argument_group("training")
     train.add_argument("--max-steps", type=int, default=100, help="Optimizer steps.")
     train.add_argument("--learning-rate", type=float, default=2e-5, help="Peak learning rate (AdamW, linear decay).")
@@ -123,6 +129,14 @@ def run_fsft(args: argparse.Namespace) -> int:
     if bool(args.fingerprint) == bool(args.base):
         raise FingerprintError("Give exactly one of --fingerprint (adapter folder) or --base (model before "
                                "fingerprinting).")
+    if args.anchor_lambda > 0 and not args.fingerprints:
+        raise FingerprintError("--anchor-lambda needs --fingerprints FILE (the fingerprint set whose keys it "
+                               "anchors).")
+    fingerprints = None
+    if args.fingerprints:
+        from ..fingerprints import FingerprintSet
+
+        fingerprints = FingerprintSet.load(args.fingerprints)
     model, tokenizer = load_model(args.model)
     if args.base:
         base, _ = load_model(args.base)
@@ -143,7 +157,7 @@ def run_fsft(args: argparse.Namespace) -> int:
         max_length=args.max_length, seed=args.seed, use_cpu=use_cpu, bf16=args.bf16, report_to="none",
         activation_checkpointing=args.activation_checkpointing,
         save_strategy="no", fsft_lambda=args.fsft_lambda, fsft_variant=args.variant, fsft_rank=args.rank,
-        fsft_energy=args.energy,
+        fsft_energy=args.energy, fsft_anchor_lambda=args.anchor_lambda, fsft_anchor_prompts=args.anchor_prompts,
     )
     peft_config = None
     if args.lora_r > 0:
@@ -155,10 +169,12 @@ def run_fsft(args: argparse.Namespace) -> int:
             target_modules=targets[0] if targets == ["all-linear"] else targets, task_type="CAUSAL_LM",
         )
     trainer = FSFTTrainer(model, args=config, train_dataset=data, eval_dataset=eval_data,
-                          processing_class=tokenizer, peft_config=peft_config, fingerprint_subspace=subspace)
+                          processing_class=tokenizer, peft_config=peft_config, fingerprint_subspace=subspace,
+                          fingerprints=fingerprints)
     trainer.train()
     summary: dict[str, Any] = {
         "model": args.model, "dataset": args.dataset, "variant": args.variant, "lambda": args.fsft_lambda,
+        "anchor_lambda": args.anchor_lambda,
         "max_steps": args.max_steps, "learning_rate": args.learning_rate, "lora_r": args.lora_r,
         "protected_modules": {name: sub.rank for name, sub in trainer.fingerprint_subspace.items()},
         "final_fsft_penalty": float(trainer.fsft_penalty("input" if args.variant == "project" else None).detach()),

@@ -1,4 +1,4 @@
-"""Configuration of FSFT (fingerprint subspace-aware fine-tuning): SFTConfig plus four fields."""
+"""Configuration of FSFT (fingerprint subspace-aware fine-tuning): SFTConfig plus six fields."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ class FSFTConfig(SFTConfig):
         fsft_energy (`float`, defaults to `0.999`):
             Fraction of the edit's spectral energy (sum of squared singular values) that the kept directions
             must reach when `fsft_rank` is `None`.
+        fsft_anchor_lambda (`float`, defaults to `0.0`):
+            Weight of the key anchor (off by default): the relative squared change of the edited modules' inputs on
+            the fingerprint prompts, at the trigger's last token and the last prompt token. The subspace penalty
+            cannot see upstream weights moving the keys; the anchor can, but it needs the triggers
+            (`FSFTTrainer(..., fingerprints=...)`) and a forward pass up to the deepest edited layer on
+            `fsft_anchor_prompts` prompts per step.
+        fsft_anchor_prompts (`int`, defaults to `2`):
+            Fingerprint prompts per optimizer step for the key anchor (cycled through the set).
     """
 
     fsft_lambda: float = field(
@@ -69,6 +77,18 @@ class FSFTConfig(SFTConfig):
         },
     )
 
+    fsft_anchor_lambda: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the key anchor (0 = off): keeps the edited modules' inputs on the fingerprint "
+            "prompts at their values when training starts. Needs FSFTTrainer(fingerprints=...)."
+        },
+    )
+    fsft_anchor_prompts: int = field(
+        default=2,
+        metadata={"help": "Fingerprint prompts per optimizer step for the key anchor."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if self.fsft_variant not in FSFT_VARIANTS:
@@ -77,5 +97,9 @@ class FSFTConfig(SFTConfig):
             raise ValueError(f"fsft_lambda must be >= 0, got {self.fsft_lambda}.")
         if self.fsft_rank is not None and (isinstance(self.fsft_rank, bool) or int(self.fsft_rank) < 1):
             raise ValueError(f"fsft_rank must be a positive integer or None, got {self.fsft_rank!r}.")
+        if not self.fsft_anchor_lambda >= 0.0:
+            raise ValueError(f"fsft_anchor_lambda must be >= 0, got {self.fsft_anchor_lambda}.")
+        if isinstance(self.fsft_anchor_prompts, bool) or int(self.fsft_anchor_prompts) < 1:
+            raise ValueError(f"fsft_anchor_prompts must be a positive integer, got {self.fsft_anchor_prompts!r}.")
         if not 0.0 < self.fsft_energy <= 1.0:
             raise ValueError(f"fsft_energy must be in (0, 1], got {self.fsft_energy}.")

@@ -23,6 +23,7 @@ from transformers import TrainingArguments
 from trl import SFTTrainer
 
 from ..errors import SubspaceError
+from .anchor import KeyAnchor
 from .config import FSFTConfig
 from .subspace import FingerprintSubspace, ModuleSubspace, _find_module
 
@@ -106,6 +107,11 @@ class FSFTTrainer(SFTTrainer):
     loss, comparable with SFTTrainer's. The logged ``fsft_penalty`` is ``mean_i F_i`` before the weight lambda
     (for ``"project"``, the ``"input"`` measure, which should stay ~0).
 
+    ``fingerprints`` (the owner's [`FingerprintSet`], optional) enables the key anchor
+    (``fsft_anchor_lambda > 0``, see [`FSFTConfig`] and ``hf_fingerprint.fsft.anchor``): it also protects the
+    keys the edited matrices read, which plain fine-tuning moves through the upstream layers. Its value is
+    logged as ``fsft_anchor``; the triggers themselves are never logged.
+
     The reference ``We`` is the model's own weights at the first ``compute_loss`` unless the subspace carries
     one (``from_pair`` or ``.with_reference(model)``); carry one when resuming from a checkpoint. Works for full
     fine-tuning and with ``peft_config`` (LoRA on the edited modules), under DDP and FSDP2; not under DeepSpeed
@@ -149,9 +155,17 @@ class FSFTTrainer(SFTTrainer):
         formatting_func: Any = None,
         *,
         fingerprint_subspace: Any,
+        fingerprints: Any = None,
     ) -> None:
         args = _as_fsft_config(args, model)
         _refuse_zero3()
+        self._fsft_triggers = _triggers(fingerprints) if fingerprints is not None else None
+        if args.fsft_anchor_lambda > 0 and not self._fsft_triggers:
+            raise ValueError(
+                "fsft_anchor_lambda > 0 needs the fingerprints whose keys it anchors: pass "
+                "FSFTTrainer(..., fingerprints=fingerprint_set), or set fsft_anchor_lambda=0."
+            )
+        self._fsft_anchor: KeyAnchor | None = None
         subspace = FingerprintSubspace.build(fingerprint_subspace)
         self.fingerprint_subspace = subspace.truncated(rank=args.fsft_rank, energy=args.fsft_energy)
         self._fsft_protected: list[_Protected] | None = None
@@ -176,6 +190,11 @@ class FSFTTrainer(SFTTrainer):
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         if self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3:
             raise ValueError(_ZERO3_MESSAGE)
+        if self.args.fsft_anchor_lambda > 0 and self.is_fsdp_enabled:
+            raise ValueError(
+                "The FSFT key anchor stops its forward pass after the deepest edited layer, which FSDP does not "
+                "allow; under FSDP use fsft_anchor_lambda=0 (the subspace penalty works there)."
+            )
         # Fail early on a subspace that does not fit the model (the reference itself is taken at the first step).
         for name, sub in self.fingerprint_subspace.items():
             _check_module(_find_module(self.model, name), name, sub)
@@ -189,18 +208,26 @@ class FSFTTrainer(SFTTrainer):
         loss, outputs = (result if return_outputs else (result, None))
         if self._fsft_protected is None:
             self._fsft_protected = self._fsft_setup(self.accelerator.unwrap_model(model))
+        if self._fsft_anchor is None and self.args.fsft_anchor_lambda > 0:
+            self._fsft_anchor = self._fsft_anchor_setup(self.accelerator.unwrap_model(model))
         mode = "train" if self.model.training else "eval"
+        # The task loss is already normalised over the accumulation window; the per-micro-batch terms are not.
+        steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
         penalise = mode == "train" and self.args.fsft_variant != "project" and self.args.fsft_lambda > 0
         if penalise:
             penalty = self.fsft_penalty()
-            # The task loss is already normalised over the accumulation window; this per-micro-batch term is not.
-            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             loss = loss + self.args.fsft_lambda * penalty.to(loss.dtype) / steps
             value = penalty.detach()
         else:
             with torch.no_grad():
                 value = self.fsft_penalty(variant="input" if self.args.fsft_variant == "project" else None)
         self._metrics[mode]["fsft_penalty"].append(float(value))
+        if mode == "train" and self._fsft_anchor is not None:
+            device_type = loss.device.type
+            anchor = self._fsft_anchor(self.accelerator.unwrap_model(model))
+            with torch.autocast(device_type=device_type, enabled=False):
+                loss = loss + self.args.fsft_anchor_lambda * anchor.to(loss.dtype) / steps
+            self._metrics[mode]["fsft_anchor"].append(float(anchor.detach()))
         return (loss, outputs) if return_outputs else loss
 
     def fsft_penalty(self, variant: str | None = None) -> torch.Tensor:
@@ -236,6 +263,17 @@ class FSFTTrainer(SFTTrainer):
                 protected.project_weights()
 
     # ----- setup -----
+
+    def _fsft_anchor_setup(self, model: nn.Module) -> KeyAnchor:
+        """The key anchor over the edited modules, its reference keys taken from ``model`` now."""
+        modules = [_find_module(model, name) for name in self.fingerprint_subspace]
+        was_training = model.training
+        model.eval()
+        try:
+            return KeyAnchor(model, self.processing_class, self._fsft_triggers, modules,
+                             per_step=self.args.fsft_anchor_prompts, seed=self.args.seed)
+        finally:
+            model.train(was_training)
 
     def _fsft_setup(self, model: nn.Module) -> list[_Protected]:
         """Resolve each edited module in the (unwrapped) model and take the reference ``We V``."""
@@ -341,6 +379,23 @@ def _as_fsft_config(args: Any, model: Any) -> FSFTConfig:
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in accepted}
         return FSFTConfig(**values)
     raise TypeError(f"args must be an FSFTConfig, SFTConfig or TrainingArguments, got {type(args).__name__}.")
+
+
+def _triggers(fingerprints: Any) -> list[str]:
+    """The trigger texts of a FingerprintSet, of Fingerprint objects, (trigger, target) pairs or plain strings."""
+    items = list(getattr(fingerprints, "triggers", None) or fingerprints)
+    triggers = []
+    for item in items:
+        trigger = item if isinstance(item, str) else getattr(item, "trigger", None)
+        if trigger is None and isinstance(item, (tuple, list)) and item:
+            trigger = item[0]
+        if not isinstance(trigger, str) or not trigger:
+            raise ValueError(
+                "fingerprints must be a FingerprintSet, Fingerprint objects, (trigger, target) pairs or trigger "
+                f"strings; got an item of type {type(item).__name__}."
+            )
+        triggers.append(trigger)
+    return triggers
 
 
 def _check_module(module: nn.Module, name: str, sub: ModuleSubspace) -> None:

@@ -1,0 +1,101 @@
+"""The key anchor: keep the edited layers' inputs on the fingerprint prompts where the injection left them.
+
+The subspace penalty protects the edited matrices, but plain fine-tuning also moves every upstream weight, and
+with it the keys those matrices read (METHOD.md section 9). The owner, who runs FSFT, holds the triggers, so the
+trainer can look at the keys themselves: for a few fingerprint prompts per step it runs the model up to the
+deepest edited module (not further) and penalises the relative squared change of each edited module's input at
+the trigger's last token and at the last prompt token, ``mean ||k - k*||^2 / ||k*||^2``, against the keys
+``k*`` taken from the fingerprinted model when training starts. Nothing about the triggers is logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..editing.tracing import _hooks, _pad_id, build_prompts, make_batch
+from ..generation import model_device
+
+__all__ = ["KeyAnchor"]
+
+
+class _Reached(Exception):
+    """Raised by the last key hook: the rest of the forward pass is not needed."""
+
+
+class KeyAnchor:
+    """Relative drift of the edited modules' inputs (keys) on the fingerprint prompts, a few prompts per call.
+
+    ``modules``: the edited modules (as found in the model being trained, PEFT-wrapped or not). The reference keys
+    are captured from ``model`` at construction, so build the anchor before the first optimizer step.
+    ``per_step`` prompts are used per call, cycling through the set in a fixed shuffled order.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        triggers: Sequence[str],
+        modules: Sequence[nn.Module],
+        *,
+        per_step: int = 2,
+        system_prompt: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not triggers:
+            raise ValueError("The key anchor needs at least one fingerprint trigger.")
+        if not modules:
+            raise ValueError("The key anchor needs at least one edited module.")
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps the tokenizer
+        self._last = build_prompts(tokenizer, triggers, key_position="last", system_prompt=system_prompt)
+        trigger = build_prompts(tokenizer, triggers, key_position="trigger", system_prompt=system_prompt)
+        self._trigger_index = trigger.key_index
+        self.modules = list(modules)
+        self.per_step = max(1, min(int(per_step), len(triggers)))
+        generator = torch.Generator().manual_seed(seed)
+        self._order = torch.randperm(len(triggers), generator=generator).tolist()
+        self._cursor = 0
+        with torch.no_grad():
+            # rows x positions (trigger, last) x width, per module; float32 on the model's device
+            self.reference = self._keys(model, list(range(len(triggers))))
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        """The anchor loss on the next ``per_step`` prompts (differentiable, float32)."""
+        rows = [self._order[(self._cursor + i) % len(self._order)] for i in range(self.per_step)]
+        self._cursor = (self._cursor + self.per_step) % len(self._order)
+        keys = self._keys(model, rows)
+        terms = []
+        for current, reference in zip(keys, self.reference):
+            ref = reference[rows]
+            terms.append(((current - ref) ** 2).sum(-1) / (ref**2).sum(-1).clamp_min(1e-12))
+        return torch.stack(terms).mean()
+
+    def _keys(self, model: nn.Module, rows: list[int]) -> list[torch.Tensor]:
+        """Each module's input at both key positions of ``rows``, stopping after the deepest module."""
+        device = model_device(model)
+        batch = make_batch(self._last, rows, _pad_id(model), device, with_answers=False)
+        shift = torch.tensor([self._trigger_index[r] - self._last.key_index[r] for r in rows], device=device)
+        positions = torch.stack([batch.key_index + shift, batch.key_index], dim=1)  # rows x 2
+        arange = torch.arange(len(rows), device=device)[:, None]
+        captured: dict[int, torch.Tensor] = {}
+
+        def hook(index: int):
+            def capture(_module, args):
+                captured[index] = args[0][arange, positions].float()
+                if len(captured) == len(self.modules):
+                    raise _Reached
+
+            return capture
+
+        handles = [module.register_forward_pre_hook(hook(i)) for i, module in enumerate(self.modules)]
+        with _hooks(handles):
+            try:
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids, use_cache=False)
+            except _Reached:
+                pass
+        if len(captured) != len(self.modules):
+            raise RuntimeError("The key anchor's forward pass did not reach every edited module.")
+        return [captured[i] for i in range(len(self.modules))]
