@@ -12,7 +12,7 @@ from hf_fingerprint import (
     tiny_model,
     verify,
 )
-from hf_fingerprint.editing.layout import find_layout
+from hf_fingerprint.editing.layout import find_layout, get_module
 
 
 def fsr(model, tokenizer, fps):
@@ -220,3 +220,36 @@ def test_redundant_and_drift_anticipating_edits_reach_full_fsr(options):
     result.revert()  # the drift samples restored every weight they perturbed
     for name, p in model.named_parameters():
         assert torch.allclose(p, original[name], atol=1e-6), name
+
+
+def test_auto_fallback_round_that_breaks_fingerprints_is_undone():
+    """The last-token re-edit of ``key_position="auto"`` must not cost fingerprints that already answer."""
+    from types import SimpleNamespace
+
+    from hf_fingerprint.editing.context import EditContext
+    from hf_fingerprint.editing.delta import EditDelta
+    from hf_fingerprint.editing.inject import _edit_misses_at_last_token
+    from hf_fingerprint.editing.tracing import build_prompts
+
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(3, seed=2)
+    layout = find_layout(model)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    context = EditContext(model=model, tokenizer=tokenizer, layout=layout, layers=[1],
+                          requests=build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position="trigger"),
+                          options={"trigger_keys": len(fps)}, progress=False)
+    calls = []
+
+    def harmful_edit(again):  # an "edit" that answers nothing: a large random change of one matrix
+        calls.append(len(again.requests.ids))
+        weight = get_module(model, again.module_name(1)).weight
+        delta = EditDelta(again.module_name(1), torch.randn(weight.shape[0], 2), torch.randn(weight.shape[1], 2))
+        again.apply(delta)
+        return [delta]
+
+    deltas = _edit_misses_at_last_token(context, SimpleNamespace(edit=harmful_edit), [], fps, [])
+    assert calls == [len(fps)]  # every trigger-keyed miss was tried once at the last token...
+    assert deltas == []  # ...and the round, which made nothing answer, was undone
+    for name, value in model.named_parameters():
+        assert torch.allclose(value, original[name], atol=1e-5), name
+    assert context.options["trigger_keys"] == len(fps) and context.options["last_token_keys"] == 0

@@ -221,36 +221,50 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
                                preserve_texts: list[str]) -> list[EditDelta]:
     """``key_position="auto"``, second step: fingerprints whose trigger-keyed edit does not make the model answer
     are edited again, keyed at the last prompt token, on top of the first edit, for up to ``fallback_rounds``
-    (3) rounds until each answers (one delta per module in the end)."""
+    (3) rounds (one delta per module in the end).
+
+    Every fingerprint is checked after each round, since a last-token edit touches the position every prompt
+    shares: the ones that answer are preserved by the next round, and a round that leaves fewer fingerprints
+    answering than before is undone and ends the step."""
     from ..verification import verify
 
     tokenizer, system_prompt = context.tokenizer, context.options.get("system_prompt")
 
-    def misses(rows: list[int]) -> list[int]:
-        report = verify(context.model, tokenizer, FingerprintSet([fps[i] for i in rows]), ordinary_prompts=(),
-                        system_prompt=system_prompt, progress=False)
-        return [rows[o.index] for o in report.outcomes if not o.matched]
+    def answering() -> set[int]:
+        report = verify(context.model, tokenizer, fps, ordinary_prompts=(), system_prompt=system_prompt,
+                        progress=False)
+        return {o.index for o in report.outcomes if o.matched}
 
     requests = context.requests
-    pending = misses([i for i, k in enumerate(requests.key_index) if k != len(requests.ids[i]) - 1])
-    context.options["trigger_keys"] -= len(pending)
-    context.options["last_token_keys"] = len(fps) - context.options["trigger_keys"]
-    preserve = (build_prompts(tokenizer, preserve_texts, key_position="last", system_prompt=system_prompt)
-                if preserve_texts else None)
+    trigger_keyed = [i for i, k in enumerate(requests.key_index) if k != len(requests.ids[i]) - 1]
+    ok = answering()
+    pending = [i for i in trigger_keyed if i not in ok]
+    moved = set()
     for _ in range(int(context.options.get("fallback_rounds", 3))):
         if not pending:
             break
         subset = FingerprintSet([fps[i] for i in pending])
+        keep = preserve_texts + [fps[i].trigger for i in sorted(ok)]
         again = EditContext(
             model=context.model, tokenizer=tokenizer, layout=context.layout, layers=context.layers,
             requests=build_prompts(tokenizer, subset.triggers, answers=subset.targets, key_position="last",
                                    system_prompt=system_prompt),
-            preserve=preserve, options=dict(context.options, fingerprints=subset, key_position="last"),
+            preserve=build_prompts(tokenizer, keep, key_position="last", system_prompt=system_prompt) if keep else None,
+            options=dict(context.options, fingerprints=subset, key_position="last"),
             progress=context.progress,
         )
         again._cache.update({k: v for k, v in context._cache.items() if k[0] in ("stats", "projector")})
-        deltas = [*deltas, *editor.edit(again)]
-        pending = misses(pending)
+        new = editor.edit(again)
+        now = answering()
+        if len(now) < len(ok) or not (now - ok):
+            for delta in new:  # the round cost more than it gained: undo it
+                context.apply(delta, sign=-1.0)
+            break
+        deltas = [*deltas, *new]
+        moved |= set(pending) & now
+        ok, pending = now, [i for i in pending if i not in now]
+    context.options["trigger_keys"] -= len(moved)
+    context.options["last_token_keys"] = len(fps) - context.options["trigger_keys"]
     return merge_deltas(deltas)
 
 
