@@ -1,0 +1,111 @@
+"""FSFT overhead: seconds per optimizer step of TRL's SFTTrainer vs FSFTTrainer, side by side in one process.
+
+SmolLM2-135M-Instruct on the offline math task, batch 8. The fingerprint is a rank-10 edit of the default layers'
+down_proj (the shape a 10-fingerprint injection has; the cost depends only on shapes and rank, so the edit is
+random rather than injected). Configurations run interleaved, ``--repeats`` times each, and each step is timed
+by a callback; the median step after ``--warmup`` steps is reported, with its ratio to plain SFT.
+
+    python benchmarks/fsft_overhead.py                    # SFT, FSFT input, FSFT project, FSFT input + anchor
+    python benchmarks/fsft_overhead.py --steps 20 --repeats 3 --bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+
+from injection import RESULTS, machine
+
+CONFIGS = {
+    "SFTTrainer": None,
+    "FSFT input": dict(fsft_variant="input", fsft_lambda=100.0),
+    "FSFT project": dict(fsft_variant="project"),
+    "FSFT input + anchor": dict(fsft_variant="input", fsft_lambda=100.0, fsft_anchor_lambda=100.0),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--name", default="fsft_overhead")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    import hf_fingerprint as hfp
+    from hf_fingerprint.editing.delta import EditDelta
+    from hf_fingerprint.editing.layout import find_layout
+    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
+
+    model, tokenizer = hfp.load_model("smollm2-135m-instruct")
+    layout = find_layout(model)
+    generator = torch.Generator().manual_seed(0)
+    deltas = []
+    for layer in layout.default_layers():
+        weight = model.get_submodule(layout.module_name(layer, "down_proj")).weight
+        deltas.append(EditDelta(layout.module_name(layer, "down_proj"),
+                                torch.randn(weight.shape[0], 10, generator=generator) * 1e-3,
+                                torch.randn(weight.shape[1], 10, generator=generator)))
+    fps = hfp.FingerprintSet.generate(10, seed=0)
+    data = hfp.math_task(args.batch_size * (args.steps + 1), seed=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, *_, **__):
+            self.began = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.times.append(time.perf_counter() - self.began)
+
+    settings = dict(output_dir="/tmp/hf-fingerprint-overhead", max_steps=args.steps, learning_rate=1e-5,
+                    per_device_train_batch_size=args.batch_size, lr_scheduler_type="constant", logging_steps=10**6,
+                    save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), bf16=args.bf16,
+                    seed=0, max_length=512, disable_tqdm=True, dataloader_num_workers=0,
+                    activation_checkpointing=False)
+    steps: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for repeat in range(args.repeats):
+        for name, fsft in CONFIGS.items():
+            model.load_state_dict(state)
+            timer = StepTimer()
+            if fsft is None:
+                trainer = SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data,
+                                     processing_class=tokenizer, callbacks=[timer])
+            else:
+                trainer = FSFTTrainer(model, args=FSFTConfig(**settings, **fsft), train_dataset=data,
+                                      processing_class=tokenizer, callbacks=[timer], fingerprint_subspace=deltas,
+                                      fingerprints=fps if fsft.get("fsft_anchor_lambda") else None)
+            trainer.train()
+            steps[name] += timer.times[args.warmup:]
+            print(f"[{repeat}] {name}: median {statistics.median(timer.times[args.warmup:]):.3f} s/step", flush=True)
+    base = statistics.median(steps["SFTTrainer"])
+    rows = [{"config": name, "median_s": statistics.median(t), "ratio": statistics.median(t) / base, "steps": len(t)}
+            for name, t in steps.items()]
+    lines = [
+        f"FSFT overhead on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; math task, batch "
+        f"{args.batch_size}, {'bf16 autocast' if args.bf16 else 'float32'}, median of {args.repeats} x "
+        f"{args.steps - args.warmup} timed steps per configuration, interleaved. "
+        f"`python benchmarks/fsft_overhead.py {' '.join(sys.argv[1:])}`\n",
+        "| trainer | s/step (median) | ratio to SFTTrainer |",
+        "|---|---|---|",
+    ] + [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x |" for r in rows]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
