@@ -362,6 +362,10 @@ def test_evaluate_reports_the_dimensions(pair, overconfident):
     assert report.harmlessness["perplexity"] > 0 and "mean_kl" in report.harmlessness
     assert {"int8 (per channel)", "magnitude pruning 30 %", "TIES merge (density 0.2)",
             "system prompt (generic)", "plain template"} <= set(report.robustness)
+    # every weight modification also reports what it cost the model itself; deployment settings change no weight
+    assert {"4-bit RTN (group 32)", "4-bit RTN (group 64)"} <= set(report.robustness_perplexity)
+    assert "plain template" not in report.robustness_perplexity
+    assert report.robustness_perplexity["magnitude pruning 30 %"] != 0.0
     assert "detect, base as reference" in report.attacks
     assert report.persistence is None and report.efficiency is None
     text = report.to_markdown()

@@ -26,7 +26,9 @@ DEFAULT_DIMENSIONS = tuple(d for d in DIMENSIONS if d != "persistence")  # fine-
 class EvaluationReport:
     """One model's evaluation; a dimension not measured is ``None``. Plain values only (JSON-ready).
 
-    ``robustness`` and ``persistence`` map a modification or setting to the FSR after it; ``attacks`` maps an
+    ``robustness`` and ``persistence`` map a modification or setting to the FSR after it;
+    ``robustness_perplexity`` maps each weight modification to the modified model's perplexity change (does the
+    modification still leave a usable model?); ``attacks`` maps an
     attack to its :class:`~hf_fingerprint.evaluation.AttackReport` as a dict; ``seconds`` is wall time per dimension.
     """
 
@@ -35,6 +37,7 @@ class EvaluationReport:
     harmlessness: dict[str, Any] | None = None
     persistence: dict[str, float] | None = None
     robustness: dict[str, float] | None = None
+    robustness_perplexity: dict[str, float] | None = None
     false_triggers: dict[str, Any] | None = None
     attacks: dict[str, dict[str, Any]] | None = None
     efficiency: dict[str, Any] | None = None
@@ -57,7 +60,12 @@ class EvaluationReport:
             h = self.harmlessness
             out += ["", "### Harmlessness", "", "| measure | value |", "|---|---|"]
             out += [f"| {name.replace('_', ' ')} | {_fmt(value)} |" for name, value in h.items()]
-        for title, rows in (("Robustness", self.robustness), ("Persistence", self.persistence)):
+        if self.robustness:
+            changes = self.robustness_perplexity or {}
+            out += ["", "### Robustness", "", "| setting | FSR | perplexity change of the modified model |",
+                    "|---|---|---|"]
+            out += [f"| {name} | {_pct(fsr)} | {_signed_pct(changes.get(name))} |" for name, fsr in self.robustness.items()]
+        for title, rows in (("Persistence", self.persistence),):
             if rows:
                 out += ["", f"### {title}", "", "| setting | FSR |", "|---|---|"]
                 out += [f"| {name} | {_pct(fsr)} |" for name, fsr in rows.items()]
@@ -87,7 +95,7 @@ def robustness_modifications(
     base: Any = None,
     merge_with: Any = None,
     sparsities: Sequence[float] = (0.1, 0.3, 0.5),
-    group_size: int = 64,
+    group_size: int | Sequence[int] = (32, 64),
 ) -> list[tuple[str, Callable[[Any], Any]]]:
     """The weight modifications of the robustness table, each ``model -> modified copy``. Merges need
     ``merge_with`` (another fine-tune of the same base); TIES and DARE also need ``base``."""
@@ -97,8 +105,9 @@ def robustness_modifications(
 
     modifications: list[tuple[str, Callable[[Any], Any]]] = [
         ("int8 (per channel)", quantize_int8),
-        (f"4-bit RTN (group {group_size})", partial(quantize_4bit, group_size=group_size)),
     ]
+    sizes = [group_size] if isinstance(group_size, int) else list(group_size)
+    modifications += [(f"4-bit RTN (group {g})", partial(quantize_4bit, group_size=g)) for g in sizes]
     modifications += [(f"magnitude pruning {100 * s:.0f} %", partial(prune_magnitude, sparsity=s)) for s in sparsities]
     if merge_with is not None:
         modifications.append(("linear merge (0.5)", partial(merge_linear, other=merge_with, weight=0.5)))
@@ -125,7 +134,7 @@ def evaluate(
     math_n: int = 50,
     near_miss_per_trigger: int = 5,
     sparsities: Sequence[float] = (0.1, 0.3, 0.5),
-    group_size: int = 64,
+    group_size: int | Sequence[int] = (32, 64),
     persistence_steps: int = 20,
     progress: bool = True,
 ) -> EvaluationReport:
@@ -136,7 +145,8 @@ def evaluate(
     in the persistence runs). ``merge_with``: another fine-tune of the same base for the merges. ``texts``:
     held-out text for perplexity (default :func:`held_out_texts`); ``prompts``: ordinary prompts for agreement,
     false triggers and the attack's utility cost; ``match``: how answers must hold targets (as in
-    :func:`hf_fingerprint.verify`); ``math_n``: problems for the math score (0 skips it). Nothing
+    :func:`hf_fingerprint.verify`); ``math_n``: problems for the math score (0 skips it); ``sparsities`` and
+    ``group_size`` (one or several): the pruning and 4-bit settings of the robustness table. Nothing
     here modifies ``model`` or ``base``.
     """
     from .attacks import measure_attack, suppression_attack
@@ -199,12 +209,15 @@ def evaluate(
                     del tuned
             report.persistence = rows
         elif dimension == "robustness":
-            rows = {}
+            rows, changes = {}, {}
+            reference = perplexity(model, tokenizer, texts, progress=False)
             for name, modify in robustness_modifications(base=base, merge_with=merge_with, sparsities=sparsities,
                                                          group_size=group_size):
                 modified = modify(model)
                 rows[name] = fsr(modified)
+                changes[name] = perplexity(modified, tokenizer, texts, progress=False) / reference - 1
                 del modified
+            report.robustness_perplexity = changes
             for setting in deployment_settings(tokenizer)[1:]:  # the first is "as shipped": effectiveness
                 rows[setting.name] = setting.verify(model, tokenizer, fps, **quiet).fsr
             report.robustness = rows
@@ -239,6 +252,10 @@ def evaluate(
 
 def _pct(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.0f} %"
+
+
+def _signed_pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f} %"
 
 
 def _fmt(value: Any) -> str:
