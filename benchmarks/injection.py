@@ -78,15 +78,17 @@ def run_one(method: str, size: int, seed: int, options: dict) -> dict:
     }
 
 
+def parse_value(text: str):
+    """A command-line option value: JSON when it parses, else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_options(text: str) -> dict:
-    options = {}
-    for pair in filter(None, text.split(",")):
-        key, value = pair.split("=", 1)
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
+    """``KEY=VALUE,KEY=VALUE`` (values as :func:`parse_value`)."""
+    return {key: parse_value(value) for key, _, value in (pair.partition("=") for pair in filter(None, text.split(",")))}
 
 
 def main() -> None:

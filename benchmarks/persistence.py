@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from injection import RESULTS, machine
+from injection import RESULTS, machine, parse_options
 
 
 def parse_variant(text: str) -> dict:
@@ -35,14 +35,7 @@ def parse_variant(text: str) -> dict:
     if not spec:
         name, spec = text, text
     method, _, rest = spec.partition(":")
-    options = {}
-    for pair in filter(None, rest.split(",")):
-        key, value = pair.split("=", 1)
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return {"name": name, "method": method, "options": options}
+    return {"name": name, "method": method, "options": parse_options(rest)}
 
 
 def parse_finetune(text: str) -> dict:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 
-from injection import RESULTS, machine
+from injection import RESULTS, machine, parse_value
 
 
 def main() -> None:
@@ -29,13 +28,7 @@ def main() -> None:
     parser.add_argument("--persistence", action="store_true", help="add the short fine-tuning runs (minutes each)")
     parser.add_argument("--name", default="robustness")
     args = parser.parse_args()
-    options = {}
-    for pair in args.option:
-        key, value = pair.split("=", 1)
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+    options = {key: parse_value(value) for key, _, value in (pair.partition("=") for pair in args.option)}
 
     import hf_fingerprint as hfp
     from hf_fingerprint.evaluation import DEFAULT_DIMENSIONS, evaluate
