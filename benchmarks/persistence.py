@@ -10,6 +10,7 @@ run, so an interrupted study keeps what it measured.
         --finetune full:2e-5 --finetune lora:2e-4 --steps 200 --eval-every 25
     python benchmarks/persistence.py --finetune full:2e-5 --finetune full:2e-5:fsft=100   # SFT vs FSFT
     python benchmarks/persistence.py --report benchmarks/results/persistence.json      # table + plot again
+    python benchmarks/persistence.py --report A.json B.json       # append B's runs to A (same settings), redraw
 
 Variants: ``NAME=METHOD[:KEY=VALUE,...]`` (values are JSON, else strings), e.g. ``sft=sft:max_steps=60``.
 Fine-tuning settings: ``full:LR`` or ``lora:LR`` with optional ``:fsft=LAMBDA`` (and ``:variant=project`` etc.,
@@ -151,9 +152,15 @@ def main() -> None:
     write_report(stem, meta, runs)
 
 
-def report_from_json(path: str) -> None:
-    """Rewrite the table and plot of a finished (or interrupted) study from its JSON."""
+def report_from_json(path: str, *more: str) -> None:
+    """Rewrite the table and plot of a finished (or interrupted) study from its JSON; runs of ``more`` studies
+    (same settings, other variants) are appended to it, their commands listed."""
     data = json.loads(Path(path).read_text())
+    for other in more:
+        extra = json.loads(Path(other).read_text())
+        data["runs"] += extra["runs"]
+        data["command"] += f"` and `{extra['command']}"
+    Path(path).write_text(json.dumps(data, indent=1))
     runs = data.pop("runs")
     write_report(Path(path).with_suffix(""), data, runs)
 
@@ -205,7 +212,7 @@ def write_report(stem: Path, meta: dict, runs: list[dict]) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if len(sys.argv) == 3 and sys.argv[1] == "--report":
-        report_from_json(sys.argv[2])
+    if len(sys.argv) >= 3 and sys.argv[1] == "--report":
+        report_from_json(*sys.argv[2:])
     else:
         main()
