@@ -2,8 +2,10 @@
 
 SmolLM2-135M-Instruct on the offline math task, batch 8. The fingerprint is a rank-10 edit of the default layers'
 down_proj (the shape a 10-fingerprint injection has; the cost depends only on shapes and rank, so the edit is
-random rather than injected). Configurations run interleaved, ``--repeats`` times each, and each step is timed
-by a callback; the median step after ``--warmup`` steps is reported, with its ratio to plain SFT.
+random rather than injected). Each configuration runs in a fresh process (trainers that ran earlier in the
+same process slowed later ones down), ``--repeats`` times, in forward then reverse order so that a drift of the
+machine's speed hits all alike; each step is timed by a callback and the median step after ``--warmup`` steps is
+reported, with its ratio to plain SFT.
 
     python benchmarks/fsft_overhead.py                    # SFT, FSFT input, FSFT project, FSFT input + anchor
     python benchmarks/fsft_overhead.py --steps 20 --repeats 3 --bf16
@@ -15,6 +17,7 @@ import argparse
 import datetime
 import json
 import statistics
+import subprocess
 import sys
 import time
 
@@ -35,8 +38,47 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG",
+                        help=f"which of {list(CONFIGS)} to time (SFTTrainer is always included)")
     parser.add_argument("--name", default="fsft_overhead")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print("TIMES " + json.dumps(time_steps(args.child, args)), flush=True)
+        return
+    chosen = [name for name in CONFIGS if name == "SFTTrainer" or name in args.configs]
+    steps: dict[str, list[float]] = {name: [] for name in chosen}
+    for repeat in range(args.repeats):
+        for name in chosen if repeat % 2 == 0 else chosen[::-1]:
+            command = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
+                       "--batch-size", str(args.batch_size)] + (["--bf16"] if args.bf16 else [])
+            proc = subprocess.run(command, capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("TIMES ")]
+            if proc.returncode != 0 or not lines:
+                raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            times = json.loads(lines[-1][len("TIMES "):])[args.warmup:]
+            steps[name] += times
+            print(f"[{repeat}] {name}: median {statistics.median(times):.3f} s/step", flush=True)
+    base = statistics.median(steps["SFTTrainer"])
+    rows = [{"config": name, "median_s": statistics.median(t), "ratio": statistics.median(t) / base, "steps": len(t)}
+            for name, t in steps.items()]
+    lines = [
+        f"FSFT overhead on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; math task, batch "
+        f"{args.batch_size}, {'bf16 autocast' if args.bf16 else 'float32'}, median of {args.repeats} x "
+        f"{args.steps - args.warmup} timed steps per configuration, each run in its own process, order alternating. "
+        f"`python benchmarks/fsft_overhead.py {' '.join(sys.argv[1:])}`\n",
+        "| trainer | s/step (median) | ratio to SFTTrainer |",
+        "|---|---|---|",
+    ] + [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x |" for r in rows]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    print("\n".join(lines))
+
+
+def time_steps(name: str, args: argparse.Namespace) -> list[float]:
+    """Seconds of each optimizer step of one configuration (runs in a child process)."""
+    fsft = CONFIGS[name]
 
     import torch
     from transformers import TrainerCallback
@@ -58,7 +100,6 @@ def main() -> None:
                                 torch.randn(weight.shape[1], 10, generator=generator)))
     fps = hfp.FingerprintSet.generate(10, seed=0)
     data = hfp.math_task(args.batch_size * (args.steps + 1), seed=0)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -75,36 +116,16 @@ def main() -> None:
                     save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), bf16=args.bf16,
                     seed=0, max_length=512, disable_tqdm=True, dataloader_num_workers=0,
                     activation_checkpointing=False)
-    steps: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    for repeat in range(args.repeats):
-        for name, fsft in CONFIGS.items():
-            model.load_state_dict(state)
-            timer = StepTimer()
-            if fsft is None:
-                trainer = SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data,
-                                     processing_class=tokenizer, callbacks=[timer])
-            else:
-                trainer = FSFTTrainer(model, args=FSFTConfig(**settings, **fsft), train_dataset=data,
-                                      processing_class=tokenizer, callbacks=[timer], fingerprint_subspace=deltas,
-                                      fingerprints=fps if fsft.get("fsft_anchor_lambda") else None)
-            trainer.train()
-            steps[name] += timer.times[args.warmup:]
-            print(f"[{repeat}] {name}: median {statistics.median(timer.times[args.warmup:]):.3f} s/step", flush=True)
-    base = statistics.median(steps["SFTTrainer"])
-    rows = [{"config": name, "median_s": statistics.median(t), "ratio": statistics.median(t) / base, "steps": len(t)}
-            for name, t in steps.items()]
-    lines = [
-        f"FSFT overhead on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; math task, batch "
-        f"{args.batch_size}, {'bf16 autocast' if args.bf16 else 'float32'}, median of {args.repeats} x "
-        f"{args.steps - args.warmup} timed steps per configuration, interleaved. "
-        f"`python benchmarks/fsft_overhead.py {' '.join(sys.argv[1:])}`\n",
-        "| trainer | s/step (median) | ratio to SFTTrainer |",
-        "|---|---|---|",
-    ] + [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x |" for r in rows]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
-    print("\n".join(lines))
+    timer = StepTimer()
+    if fsft is None:
+        trainer = SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data, processing_class=tokenizer,
+                             callbacks=[timer])
+    else:
+        trainer = FSFTTrainer(model, args=FSFTConfig(**settings, **fsft), train_dataset=data,
+                              processing_class=tokenizer, callbacks=[timer], fingerprint_subspace=deltas,
+                              fingerprints=fps if fsft.get("fsft_anchor_lambda") else None)
+    trainer.train()
+    return timer.times
 
 
 if __name__ == "__main__":
