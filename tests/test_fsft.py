@@ -479,20 +479,24 @@ def _key_drift(trained, reference_model, tokenizer, triggers) -> float:
         return anchor(trained).item()
 
 
-def test_key_anchor_holds_the_keys_that_plain_fine_tuning_moves(models, dataset, tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_key_anchor_holds_the_keys_that_plain_fine_tuning_moves(models, dataset, tmp_path, lora):
+    from peft import LoraConfig
+
     _, fingerprinted, tokenizer, deltas = models
     triggers = _triggers()
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0) if lora else None
     drift = {}
     for anchor_lambda in (0.0, 1e3):
-        args = _config(tmp_path, max_steps=4, learning_rate=1e-2, fsft_lambda=0.0, fsft_anchor_lambda=anchor_lambda,
-                       fsft_anchor_prompts=2)
-        model = _copy(fingerprinted)
-        trainer = FSFTTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                              fingerprint_subspace=_Injection(deltas), fingerprints=triggers)
+        args = _config(tmp_path, max_steps=8 if lora else 4, learning_rate=1e-2, fsft_lambda=0.0,
+                       fsft_anchor_lambda=anchor_lambda, fsft_anchor_prompts=2)
+        trainer = FSFTTrainer(_copy(fingerprinted), args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=peft_config, fingerprint_subspace=_Injection(deltas), fingerprints=triggers)
         trainer.train()
+        model = trainer.model.merge_and_unload() if lora else trainer.model
         if anchor_lambda:
             logged = _logged(trainer, "fsft_anchor")
-            assert len(logged) == 4 and logged[0] == 0.0 and logged[-1] > 0.0
+            assert len(logged) == (8 if lora else 4) and logged[0] == 0.0 and logged[-1] > 0.0
         else:
             assert not _logged(trainer, "fsft_anchor")
         drift[anchor_lambda] = _key_drift(model, fingerprinted, tokenizer, triggers)
