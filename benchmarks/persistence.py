@@ -143,6 +143,7 @@ def main() -> None:
                      on_eval=record, seed=args.seed, bf16=args.bf16, **anchor)
             train_seconds = time.perf_counter() - started - eval_seconds[0]
             runs.append({**variant, "finetune": spec["label"], "inject_seconds": inject_s,
+                         "trigger_keys": result.options.get("trigger_keys"),
                          "perplexity_change": ppl_change, "curve": curve, "stopped_early": curve[-1][0] < steps,
                          "seconds_per_step": train_seconds / max(1, curve[-1][0]),
                          "task_loss": task_loss(tuned, spec["task"])})
@@ -188,6 +189,8 @@ def write_report(stem: Path, meta: dict, runs: list[dict]) -> None:
             per_step = "not measured"
         lines.append(f"| {r['name']} ({r['method']}) | {options} | {100 * r['perplexity_change']:+.2f} % | "
                      f"{r['finetune']} | {cells} | {loss} | {per_step} |")
+    if meta.get("note"):  # written by hand into the JSON: what the commands alone do not say
+        lines += ["", meta["note"]]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
