@@ -139,7 +139,7 @@ def write_table(rows: list[dict], output: str) -> str:
     header = (
         f"Injection on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; one run each, "
         f"`python benchmarks/injection.py {' '.join(sys.argv[1:])}`. Near-miss false triggers: 2 near misses per "
-        "trigger (character edits, re-shuffles, drops, swaps, truncations; seed 99), other than those an editor preserves.\n\n"
+        "trigger (character edits, re-shuffles, drops, swaps, truncations; seed 99), other than those an editor preserves. Token agreement and KL are measured on the built-in ordinary prompts, which `sft` also trains on (the base model's own answers, as regularisation), so its agreement is a training-set figure.\n\n"
         "| method | options | n | time (s) | peak memory (GB) | FSR | trigger keys | base FSR | near-miss false triggers | "
         "ordinary false triggers | perplexity change | token agreement | KL |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
