@@ -210,7 +210,8 @@ def evaluate(
             report.persistence = rows
         elif dimension == "robustness":
             rows, changes = {}, {}
-            reference = perplexity(model, tokenizer, texts, progress=False)
+            reference = (report.harmlessness or {}).get("perplexity") or perplexity(model, tokenizer, texts,
+                                                                                    progress=False)
             for name, modify in robustness_modifications(base=base, merge_with=merge_with, sparsities=sparsities,
                                                          group_size=group_size):
                 modified = modify(model)
