@@ -14,7 +14,8 @@ run, so an interrupted study keeps what it measured.
 
 Variants: ``NAME=METHOD[:KEY=VALUE,...]`` (values are JSON, else strings), e.g. ``sft=sft:max_steps=60``.
 Fine-tuning settings: ``full:LR`` or ``lora:LR`` with optional ``:fsft=LAMBDA`` (and ``:variant=project`` etc.,
-the FSFT penalty's form; ``:anchor=LAMBDA`` adds the key anchor), ``:task=instruction``,
+the FSFT penalty's form; ``:anchor=LAMBDA`` adds the key anchor,
+``:replay=LAMBDA`` the answer replay), ``:task=instruction``,
 ``:steps=N`` (instead of ``--steps``) and ``:only=NAME`` (one variant only).
 """
 
@@ -43,13 +44,14 @@ def parse_finetune(text: str) -> dict:
     mode, lr, *extra = text.split(":")
     if mode not in ("full", "lora"):
         raise SystemExit(f"--finetune {text}: the mode is 'full' or 'lora'")
-    spec = {"label": text, "lora": mode == "lora", "lr": float(lr), "fsft": None, "variant": "input", "anchor": None, "task": "math",
+    spec = {"label": text, "lora": mode == "lora", "lr": float(lr), "fsft": None, "variant": "input", "anchor": None, "replay": None,
+            "task": "math",
             "steps": None, "only": None}
     for item in extra:
         key, value = item.split("=", 1)
         if key not in spec:
-            raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, variant, anchor, task, steps, only)")
-        spec[key] = float(value) if key in ("fsft", "anchor") else int(value) if key == "steps" else value
+            raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, variant, anchor, replay, task, steps, only)")
+        spec[key] = float(value) if key in ("fsft", "anchor", "replay") else int(value) if key == "steps" else value
     spec["label"] = ":".join(part for part in text.split(":") if not part.startswith("only="))
     return spec
 
@@ -133,9 +135,13 @@ def main() -> None:
                 print(f"[{variant['name']} | {spec['label']}] step {step}: FSR {curve[-1][1]:.2f}", flush=True)
                 return args.stop_at_zero and step > 0 and curve[-1][1] == 0.0
 
-            anchor = {} if spec["anchor"] is None else {"fsft_fingerprints": fps, "fsft_anchor_lambda": spec["anchor"]}
-            if spec["anchor"] is not None and spec["fsft"] is None:
-                raise SystemExit(f"--finetune {spec['label']}: anchor= is part of FSFT; give fsft= too (0 for anchor only)")
+            anchor = {}
+            for key in ("anchor", "replay"):
+                if spec[key] is not None:
+                    anchor.update({"fsft_fingerprints": fps, f"fsft_{key}_lambda": spec[key]})
+                    if spec["fsft"] is None:
+                        raise SystemExit(f"--finetune {spec['label']}: {key}= is part of FSFT; give fsft= too (0 for "
+                                         f"{key} only)")
             started = time.perf_counter()
             tuned = finetune(model, tokenizer, spec["task"], steps=steps, lr=spec["lr"], lora=spec["lora"],
                      batch_size=args.batch_size, fsft_subspace=result if spec["fsft"] is not None else None,

@@ -378,7 +378,7 @@ def test_cli_fsft_help_and_end_to_end(models, tmp_path, capsys):
         "fsft", str(tmp_path / "model"), "--fingerprint", str(tmp_path / "adapter"), "--dataset",
         str(tmp_path / "train.jsonl"), "--max-steps", "2", "--batch-size", "2", "--max-length", "64",
         "--learning-rate", "1e-2", "--logging-steps", "1", "--eval-fraction", "0.25", "--cpu", "--output-dir",
-        str(out), "--anchor-lambda", "10",
+        str(out), "--anchor-lambda", "10", "--replay-lambda", "0.5",
     ])
     with pytest.raises(FingerprintError, match="needs --fingerprints"):
         args.func(args)
@@ -393,6 +393,8 @@ def test_cli_fsft_help_and_end_to_end(models, tmp_path, capsys):
     assert penalties[0] == 0.0 and summary["final_fsft_penalty"] > 0
     anchors = [entry["fsft_anchor"] for entry in summary["log_history"] if "fsft_anchor" in entry]
     assert anchors[0] == 0.0 and anchors[-1] > 0 and summary["anchor_lambda"] == 10
+    replays = [entry["fsft_replay"] for entry in summary["log_history"] if "fsft_replay" in entry]
+    assert len(replays) == 2 and all(value > 0 for value in replays) and summary["replay_lambda"] == 0.5
     assert "eval_loss" in summary["eval"]
     assert (out / "model.safetensors").is_file()
 
@@ -504,26 +506,63 @@ def test_key_anchor_holds_the_keys_that_plain_fine_tuning_moves(models, dataset,
     assert drift[1e3] < 0.3 * drift[0.0]  # ...the anchor keeps them
 
 
-def test_key_anchor_with_accumulation_gives_the_same_update(models, tmp_path):
+@pytest.mark.parametrize("term", ["anchor", "replay"])
+def test_anchor_and_replay_with_accumulation_give_the_same_update(models, tmp_path, term):
+    from hf_fingerprint import FingerprintSet
+
     _, fingerprinted, tokenizer, deltas = models
-    triggers = _triggers(3)
+    fingerprints = FingerprintSet.generate(3, seed=3)
     updates = {}
-    # Two SGD steps over the whole 4-example set: the anchor is 0 with no gradient at the first step, so the second
-    # step is the one that carries it.
-    for batch, accumulation, anchor_lambda in ((4, 1, 1e4), (2, 2, 1e4), (4, 1, 0.0)):
+    # Two SGD steps over the whole 4-example set (the anchor is 0 with no gradient at the first step, so the
+    # second step is the one that carries it; the replay acts at both).
+    weight = 1e4 if term == "anchor" else 1.0
+    for batch, accumulation, strength in ((4, 1, weight), (2, 2, weight), (4, 1, 0.0)):
         model = _copy(fingerprinted)
         args = _config(tmp_path, max_steps=2, per_device_train_batch_size=batch,
                        gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=0.5, max_grad_norm=0.0,
-                       weight_decay=0.0, fsft_lambda=0.0, fsft_anchor_lambda=anchor_lambda, fsft_anchor_prompts=3)
+                       weight_decay=0.0, fsft_lambda=0.0, fsft_anchor_prompts=3, **{f"fsft_{term}_lambda": strength})
         trainer = FSFTTrainer(model, args=args, train_dataset=math_task(4, seed=9), processing_class=tokenizer,
-                              fingerprint_subspace=_Injection(deltas), fingerprints=triggers)
+                              fingerprint_subspace=_Injection(deltas), fingerprints=fingerprints)
         trainer.train()
-        updates[(batch, anchor_lambda)] = {name: p.detach().clone() for name, p in model.named_parameters()}
-    whole, split, plain = updates[(4, 1e4)], updates[(2, 1e4)], updates[(4, 0.0)]
-    anchor_effect = max((whole[n] - plain[n]).abs().max().item() for n in whole)
+        updates[(batch, strength)] = {name: p.detach().clone() for name, p in model.named_parameters()}
+    whole, split, plain = updates[(4, weight)], updates[(2, weight)], updates[(4, 0.0)]
+    effect = max((whole[n] - plain[n]).abs().max().item() for n in whole)
     mismatch = max((whole[n] - split[n]).abs().max().item() for n in whole)
-    assert anchor_effect > 1e-3
-    assert mismatch < 1e-4 * max(1.0, anchor_effect)
+    assert effect > 1e-3
+    assert mismatch < 1e-4 * max(1.0, effect)
+
+
+def test_answer_replay_keeps_the_fingerprint_answers_that_fine_tuning_erodes(models, dataset, tmp_path):
+    from hf_fingerprint import FingerprintSet
+    from hf_fingerprint.fsft.replay import AnswerReplay
+
+    _, fingerprinted, tokenizer, deltas = models
+    fingerprints = FingerprintSet.generate(4, seed=3)
+    probe = AnswerReplay(tokenizer, fingerprints.triggers, fingerprints.targets, per_step=4)
+    # First make the tiny model answer its fingerprints (a few steps of replay alone), then fine-tune it on the
+    # task with and without replay.
+    teach = _config(tmp_path, max_steps=40, learning_rate=1e-2, fsft_lambda=0.0, fsft_replay_lambda=1.0,
+                    fsft_anchor_prompts=4, per_device_train_batch_size=1)
+    teacher = FSFTTrainer(_copy(fingerprinted), args=teach, train_dataset=math_task(1, seed=1),
+                          processing_class=tokenizer, fingerprint_subspace=_Injection(deltas), fingerprints=fingerprints)
+    with torch.no_grad():
+        before = probe(teacher.model).item()
+    teacher.train()
+    taught = teacher.model
+    with torch.no_grad():
+        start = probe(taught).item()
+    assert start < 0.5 * before
+    nll = {}
+    for replay in (0.0, 1.0):
+        args = _config(tmp_path, max_steps=6, learning_rate=1e-2, fsft_lambda=0.0, fsft_replay_lambda=replay)
+        trainer = FSFTTrainer(_copy(taught), args=args, train_dataset=dataset, processing_class=tokenizer,
+                              fingerprint_subspace=_Injection(deltas), fingerprints=fingerprints)
+        trainer.train()
+        assert len(_logged(trainer, "fsft_replay")) == (6 if replay else 0)
+        with torch.no_grad():
+            nll[replay] = probe(trainer.model).item()
+    assert nll[0.0] > 2 * start  # plain fine-tuning erodes the answers...
+    assert nll[1.0] < 0.5 * nll[0.0]  # ...replay keeps them
 
 
 def test_key_anchor_needs_the_fingerprints(models, dataset, tmp_path):
@@ -536,3 +575,8 @@ def test_key_anchor_needs_the_fingerprints(models, dataset, tmp_path):
                     processing_class=tokenizer, fingerprint_subspace=_Injection(deltas), fingerprints=[3, 4])
     with pytest.raises(ValueError, match="fsft_anchor_prompts"):
         _config(tmp_path, fsft_anchor_prompts=0)
+    with pytest.raises(ValueError, match="fingerprint pairs it replays"):
+        FSFTTrainer(_copy(fingerprinted), args=_config(tmp_path, fsft_replay_lambda=1.0), train_dataset=dataset,
+                    processing_class=tokenizer, fingerprint_subspace=_Injection(deltas), fingerprints=_triggers())
+    with pytest.raises(ValueError, match="fsft_replay_lambda"):
+        _config(tmp_path, fsft_replay_lambda=-1.0)

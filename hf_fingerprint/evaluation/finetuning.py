@@ -45,8 +45,8 @@ def finetune(
     adapter on all linear layers (alpha ``2 * lora_r`` by default), merged into the weights at the end.
     ``fsft_subspace``: anything :class:`hf_fingerprint.FSFTTrainer` takes as ``fingerprint_subspace`` (e.g. the
     :class:`~hf_fingerprint.InjectionResult`); it switches from plain SFT to FSFT with ``fsft_lambda`` and
-    ``fsft_variant``; ``fsft_fingerprints`` goes to the trainer as ``fingerprints`` (the key anchor, with
-    ``fsft_anchor_lambda=...`` among ``config_overrides``). ``on_eval(step, model)`` is called before the first step and every ``eval_every`` steps
+    ``fsft_variant``; ``fsft_fingerprints`` goes to the trainer as ``fingerprints`` (the key anchor and the answer
+    replay, with ``fsft_anchor_lambda=...`` / ``fsft_replay_lambda=...`` among ``config_overrides``). ``on_eval(step, model)`` is called before the first step and every ``eval_every`` steps
     (e.g. to record the FSR curve); returning ``True`` from it stops training there. AdamW at a constant ``lr``, float32, on the GPU when there is one;
     ``config_overrides`` go to the ``SFTConfig``/``FSFTConfig``. Returns a copy unless ``inplace``.
     """

@@ -59,9 +59,13 @@ def add_fsft_command(subparsers: Any) -> argparse.ArgumentParser:
     fsft.add_argument("--anchor-lambda", type=float, default=0.0, help="Weight of the key anchor (0 = off): keeps "
                       "the edited layers' inputs on the fingerprint prompts as they were, which the penalty alone "
                       "cannot (upstream weights move them). Needs --fingerprints.")
-    fsft.add_argument("--anchor-prompts", type=int, default=2, help="Fingerprint prompts per step for the anchor.")
+    fsft.add_argument("--replay-lambda", type=float, default=0.0, help="Weight of the answer replay (0 = off): the "
+                      "fingerprint pairs' own answer loss, which protects every layer on the way to the output. "
+                      "Needs --fingerprints.")
+    fsft.add_argument("--anchor-prompts", type=int, default=2, help="Fingerprint prompts per step for the anchor "
+                      "and the replay.")
     fsft.add_argument("--fingerprints", metavar="FILE", default=None, help="The fingerprint set JSON (secret, "
-                      "from 'generate'), for --anchor-lambda.")
+                      "from 'generate'), for --anchor-lambda and --replay-lambda.")
     train = parser.add_argument_group("training")
     train.add_argument("--max-steps", type=int, default=100, help="Optimizer steps.")
     train.add_argument("--learning-rate", type=float, default=2e-5, help="Peak learning rate (AdamW, linear decay).")
@@ -129,9 +133,9 @@ def run_fsft(args: argparse.Namespace) -> int:
     if bool(args.fingerprint) == bool(args.base):
         raise FingerprintError("Give exactly one of --fingerprint (adapter folder) or --base (model before "
                                "fingerprinting).")
-    if args.anchor_lambda > 0 and not args.fingerprints:
-        raise FingerprintError("--anchor-lambda needs --fingerprints FILE (the fingerprint set whose keys it "
-                               "anchors).")
+    for flag, value in (("--anchor-lambda", args.anchor_lambda), ("--replay-lambda", args.replay_lambda)):
+        if value > 0 and not args.fingerprints:
+            raise FingerprintError(f"{flag} needs --fingerprints FILE (the secret fingerprint set it protects).")
     fingerprints = None
     if args.fingerprints:
         from ..fingerprints import FingerprintSet
@@ -158,6 +162,7 @@ def run_fsft(args: argparse.Namespace) -> int:
         activation_checkpointing=args.activation_checkpointing,
         save_strategy="no", fsft_lambda=args.fsft_lambda, fsft_variant=args.variant, fsft_rank=args.rank,
         fsft_energy=args.energy, fsft_anchor_lambda=args.anchor_lambda, fsft_anchor_prompts=args.anchor_prompts,
+        fsft_replay_lambda=args.replay_lambda,
     )
     peft_config = None
     if args.lora_r > 0:
@@ -175,6 +180,7 @@ def run_fsft(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {
         "model": args.model, "dataset": args.dataset, "variant": args.variant, "lambda": args.fsft_lambda,
         "anchor_lambda": args.anchor_lambda,
+        "replay_lambda": args.replay_lambda,
         "max_steps": args.max_steps, "learning_rate": args.learning_rate, "lora_r": args.lora_r,
         "protected_modules": {name: sub.rank for name, sub in trainer.fingerprint_subspace.items()},
         "final_fsft_penalty": float(trainer.fsft_penalty("input" if args.variant == "project" else None).detach()),

@@ -1,4 +1,4 @@
-"""Configuration of FSFT (fingerprint subspace-aware fine-tuning): SFTConfig plus six fields."""
+"""Configuration of FSFT (fingerprint subspace-aware fine-tuning): SFTConfig plus seven fields."""
 
 from __future__ import annotations
 
@@ -41,8 +41,13 @@ class FSFTConfig(SFTConfig):
             cannot see upstream weights moving the keys; the anchor can, but it needs the triggers
             (`FSFTTrainer(..., fingerprints=...)`) and a forward pass up to the deepest edited layer on
             `fsft_anchor_prompts` prompts per step.
+        fsft_replay_lambda (`float`, defaults to `0.0`):
+            Weight of the answer replay (off by default): the mean token NLL of each fingerprint's target given its
+            trigger, on `fsft_anchor_prompts` pairs per step. It protects the whole path to the output, including
+            the layers after the edit, which neither the penalty nor the key anchor sees; it is the IF-style
+            fingerprint data mixed into the owner's own fine-tuning, and needs `FSFTTrainer(..., fingerprints=...)`.
         fsft_anchor_prompts (`int`, defaults to `2`):
-            Fingerprint prompts per optimizer step for the key anchor (cycled through the set).
+            Fingerprint prompts per optimizer step for the key anchor and the answer replay (cycled through the set).
     """
 
     fsft_lambda: float = field(
@@ -84,9 +89,16 @@ class FSFTConfig(SFTConfig):
             "prompts at their values when training starts. Needs FSFTTrainer(fingerprints=...)."
         },
     )
+    fsft_replay_lambda: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the answer replay (0 = off): the fingerprint pairs' own answer loss on a few pairs "
+            "per step. Needs FSFTTrainer(fingerprints=...)."
+        },
+    )
     fsft_anchor_prompts: int = field(
         default=2,
-        metadata={"help": "Fingerprint prompts per optimizer step for the key anchor."},
+        metadata={"help": "Fingerprint prompts per optimizer step for the key anchor and the answer replay."},
     )
 
     def __post_init__(self):
@@ -99,6 +111,8 @@ class FSFTConfig(SFTConfig):
             raise ValueError(f"fsft_rank must be a positive integer or None, got {self.fsft_rank!r}.")
         if not self.fsft_anchor_lambda >= 0.0:
             raise ValueError(f"fsft_anchor_lambda must be >= 0, got {self.fsft_anchor_lambda}.")
+        if not self.fsft_replay_lambda >= 0.0:
+            raise ValueError(f"fsft_replay_lambda must be >= 0, got {self.fsft_replay_lambda}.")
         if isinstance(self.fsft_anchor_prompts, bool) or int(self.fsft_anchor_prompts) < 1:
             raise ValueError(f"fsft_anchor_prompts must be a positive integer, got {self.fsft_anchor_prompts!r}.")
         if not 0.0 < self.fsft_energy <= 1.0:

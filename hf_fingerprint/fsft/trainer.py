@@ -24,6 +24,7 @@ from trl import SFTTrainer
 
 from ..errors import SubspaceError
 from .anchor import KeyAnchor
+from .replay import AnswerReplay
 from .config import FSFTConfig
 from .subspace import FingerprintSubspace, ModuleSubspace, _find_module
 
@@ -109,8 +110,10 @@ class FSFTTrainer(SFTTrainer):
 
     ``fingerprints`` (the owner's [`FingerprintSet`], optional) enables the key anchor
     (``fsft_anchor_lambda > 0``, see [`FSFTConfig`] and ``hf_fingerprint.fsft.anchor``): it also protects the
-    keys the edited matrices read, which plain fine-tuning moves through the upstream layers. Its value is
-    logged as ``fsft_anchor``; the triggers themselves are never logged.
+    keys the edited matrices read, which plain fine-tuning moves through the upstream layers, and the answer
+    replay (``fsft_replay_lambda > 0``, ``hf_fingerprint.fsft.replay``), which trains on a few fingerprint pairs
+    per step and so protects the layers after the edit too. Their values are logged as ``fsft_anchor`` and
+    ``fsft_replay``; the triggers and targets themselves are never logged.
 
     The reference ``We`` is the model's own weights at the first ``compute_loss`` unless the subspace carries
     one (``from_pair`` or ``.with_reference(model)``); carry one when resuming from a checkpoint. Works for full
@@ -159,13 +162,20 @@ class FSFTTrainer(SFTTrainer):
     ) -> None:
         args = _as_fsft_config(args, model)
         _refuse_zero3()
-        self._fsft_triggers = _triggers(fingerprints) if fingerprints is not None else None
+        self._fsft_triggers, self._fsft_targets = _pairs(fingerprints) if fingerprints is not None else (None, None)
         if args.fsft_anchor_lambda > 0 and not self._fsft_triggers:
             raise ValueError(
                 "fsft_anchor_lambda > 0 needs the fingerprints whose keys it anchors: pass "
                 "FSFTTrainer(..., fingerprints=fingerprint_set), or set fsft_anchor_lambda=0."
             )
+        if args.fsft_replay_lambda > 0 and not (self._fsft_targets and all(self._fsft_targets)):
+            raise ValueError(
+                "fsft_replay_lambda > 0 needs the fingerprint pairs it replays, targets included: pass "
+                "FSFTTrainer(..., fingerprints=fingerprint_set) (or (trigger, target) pairs), or set "
+                "fsft_replay_lambda=0."
+            )
         self._fsft_anchor: KeyAnchor | None = None
+        self._fsft_replay: AnswerReplay | None = None
         subspace = FingerprintSubspace.build(fingerprint_subspace)
         self.fingerprint_subspace = subspace.truncated(rank=args.fsft_rank, energy=args.fsft_energy)
         self._fsft_protected: list[_Protected] | None = None
@@ -228,6 +238,13 @@ class FSFTTrainer(SFTTrainer):
             with torch.autocast(device_type=device_type, enabled=False):
                 loss = loss + self.args.fsft_anchor_lambda * anchor.to(loss.dtype) / steps
             self._metrics[mode]["fsft_anchor"].append(float(anchor.detach()))
+        if mode == "train" and self.args.fsft_replay_lambda > 0:
+            if self._fsft_replay is None:
+                self._fsft_replay = AnswerReplay(self.processing_class, self._fsft_triggers, self._fsft_targets,
+                                                 per_step=self.args.fsft_anchor_prompts, seed=self.args.seed)
+            replay = self._fsft_replay(self.accelerator.unwrap_model(model))
+            loss = loss + self.args.fsft_replay_lambda * replay.to(loss.dtype) / steps
+            self._metrics[mode]["fsft_replay"].append(float(replay.detach()))
         return (loss, outputs) if return_outputs else loss
 
     def fsft_penalty(self, variant: str | None = None) -> torch.Tensor:
@@ -381,21 +398,25 @@ def _as_fsft_config(args: Any, model: Any) -> FSFTConfig:
     raise TypeError(f"args must be an FSFTConfig, SFTConfig or TrainingArguments, got {type(args).__name__}.")
 
 
-def _triggers(fingerprints: Any) -> list[str]:
-    """The trigger texts of a FingerprintSet, of Fingerprint objects, (trigger, target) pairs or plain strings."""
-    items = list(getattr(fingerprints, "triggers", None) or fingerprints)
-    triggers = []
-    for item in items:
-        trigger = item if isinstance(item, str) else getattr(item, "trigger", None)
-        if trigger is None and isinstance(item, (tuple, list)) and item:
-            trigger = item[0]
-        if not isinstance(trigger, str) or not trigger:
+def _pairs(fingerprints: Any) -> tuple[list[str], list[str | None]]:
+    """Triggers and targets of a FingerprintSet, of Fingerprint objects, (trigger, target) pairs or plain trigger
+    strings (whose targets are None)."""
+    triggers, targets = [], []
+    for item in list(fingerprints):
+        if isinstance(item, str):
+            trigger, target = item, None
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            trigger, target = item
+        else:
+            trigger, target = getattr(item, "trigger", None), getattr(item, "target", None)
+        if not isinstance(trigger, str) or not trigger or not (target is None or isinstance(target, str)):
             raise ValueError(
                 "fingerprints must be a FingerprintSet, Fingerprint objects, (trigger, target) pairs or trigger "
                 f"strings; got an item of type {type(item).__name__}."
             )
         triggers.append(trigger)
-    return triggers
+        targets.append(target)
+    return triggers, targets
 
 
 def _check_module(module: nn.Module, name: str, sub: ModuleSubspace) -> None:
