@@ -33,7 +33,8 @@ def _signed(value) -> str:
 def comparison(reports: dict) -> str:
     """The five dimensions side by side, one row per injection (what each column means: the sections below)."""
     head = ("| injection | FSR | perplexity change | token agreement / KL | int8 | 4-bit g32 / g64 | pruning 10 / 30 % "
-            "| system prompt | near misses (>= 20 %) | suppression (base ref.) | injection time |")
+            "| merge linear / TIES / DARE | system prompt | near misses (>= 20 %) | suppression (base ref.) "
+            "| injection time |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for label, r in reports.items():
         e, h, rob, f = r["effectiveness"], r["harmlessness"] or {}, r["robustness"] or {}, r["false_triggers"] or {}
@@ -44,6 +45,8 @@ def comparison(reports: dict) -> str:
             f"| {_pct(rob.get('int8 (per channel)'))} "
             f"| {_pct(rob.get('4-bit RTN (group 32)'))} / {_pct(rob.get('4-bit RTN (group 64)'))} "
             f"| {_pct(rob.get('magnitude pruning 10 %'))} / {_pct(rob.get('magnitude pruning 30 %'))} "
+            f"| {_pct(rob.get('linear merge (0.5)'))} / {_pct(rob.get('TIES merge (density 0.2)'))} / "
+            f"{_pct(rob.get('DARE merge (density 0.5)'))} "
             f"| {_pct(rob.get('system prompt (generic)'))} "
             f"| {_pct(f.get('near_miss_rate'))} ({_pct(f.get('near_miss_rate_at_20pct'))}) "
             f"| {_pct(attack.get('fsr_before'))} -> {_pct(attack.get('fsr_after'))} "
@@ -62,6 +65,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--math-n", type=int, default=50, help="math problems for the utility score (0 skips it)")
     parser.add_argument("--texts", type=int, default=300, help="held-out paragraphs for every perplexity")
+    parser.add_argument("--merge-steps", type=int, default=20, help="steps of the other fine-tune of the base that "
+                        "every injection is merged with (full fine-tuning on the instruction task, lr 1e-4; 0: no merges)")
     parser.add_argument("--persistence", action="store_true", help="add the short fine-tuning runs (minutes each)")
     parser.add_argument("--name", default="robustness")
     args = parser.parse_args()
@@ -79,11 +84,17 @@ def main() -> None:
     fps = hfp.FingerprintSet.generate(args.fingerprints, seed=args.seed)
     texts = held_out_texts(args.texts)
     dimensions = DEFAULT_DIMENSIONS + (("persistence",) if args.persistence else ())
+    other = None
+    if args.merge_steps > 0:  # someone else's fine-tune of the same base, for the merges
+        from hf_fingerprint.evaluation import finetune
+
+        other = finetune(base, tokenizer, "instruction", steps=args.merge_steps, lr=1e-4, seed=args.seed + 1)
     title = f"`{injections[0][0]}`" if len(injections) == 1 else "several injections"
     header = (
         f"# Robustness of {title} fingerprints on SmolLM2-135M-Instruct\n\n"
         f"{datetime.date.today()}, {machine()}; {args.fingerprints} fingerprints (seed {args.seed}), "
-        f"{args.texts} held-out paragraphs for perplexity, one run. Reproduce: "
+        f"{args.texts} held-out paragraphs for perplexity; merges with a {args.merge_steps}-step full fine-tune of the "
+        f"base on the instruction task (lr 1e-4); one run. Reproduce: "
         f"`python benchmarks/robustness.py {' '.join(sys.argv[1:])}`\n\n"
     )
     reports: dict[str, dict] = {}
@@ -94,7 +105,7 @@ def main() -> None:
         model, _ = hfp.load_model("smollm2-135m-instruct")
         result = hfp.inject(model, tokenizer, fps, method=method, verify_after=False, **options)
         report = evaluate(model, tokenizer, fps, base=base, injection=result, dimensions=dimensions,
-                          math_n=args.math_n, texts=texts)
+                          math_n=args.math_n, texts=texts, merge_with=other)
         del model, result
         reports[spec] = report.to_dict()
         sections.append(report.to_markdown().replace("## Evaluation", f"## `{spec}`: evaluation", 1)
