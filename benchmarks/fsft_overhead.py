@@ -7,7 +7,7 @@ same process slowed later ones down), ``--repeats`` times, in forward then rever
 machine's speed hits all alike; each step is timed by a callback and the median step after ``--warmup`` steps is
 reported, with its ratio to plain SFT.
 
-    python benchmarks/fsft_overhead.py                    # SFT, FSFT input, FSFT project, FSFT input + anchor
+    python benchmarks/fsft_overhead.py    # SFT, FSFT input, FSFT project, FSFT input + anchor (+ replay)
     python benchmarks/fsft_overhead.py --steps 20 --repeats 3 --bf16
 """
 
@@ -28,6 +28,8 @@ CONFIGS = {
     "FSFT input": dict(fsft_variant="input", fsft_lambda=100.0),
     "FSFT project": dict(fsft_variant="project"),
     "FSFT input + anchor": dict(fsft_variant="input", fsft_lambda=100.0, fsft_anchor_lambda=100.0),
+    "FSFT input + anchor + replay": dict(fsft_variant="input", fsft_lambda=100.0, fsft_anchor_lambda=100.0,
+                                         fsft_replay_lambda=1.0),
 }
 
 
@@ -123,7 +125,7 @@ def time_steps(name: str, args: argparse.Namespace) -> list[float]:
     else:
         trainer = FSFTTrainer(model, args=FSFTConfig(**settings, **fsft), train_dataset=data,
                               processing_class=tokenizer, callbacks=[timer], fingerprint_subspace=deltas,
-                              fingerprints=fps if fsft.get("fsft_anchor_lambda") else None)
+                              fingerprints=fps if fsft.get("fsft_anchor_lambda") or fsft.get("fsft_replay_lambda") else None)
     trainer.train()
     return timer.times
 
