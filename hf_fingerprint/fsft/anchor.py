@@ -21,6 +21,20 @@ from ..generation import model_device
 __all__ = ["KeyAnchor"]
 
 
+class RowCycle:
+    """``per_step`` row indices per call out of ``count``, cycling through all of them in a fixed shuffled order."""
+
+    def __init__(self, count: int, per_step: int, seed: int = 0) -> None:
+        self.per_step = max(1, min(int(per_step), count))
+        self._order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+        self._cursor = 0
+
+    def next(self) -> list[int]:
+        rows = [self._order[(self._cursor + i) % len(self._order)] for i in range(self.per_step)]
+        self._cursor = (self._cursor + self.per_step) % len(self._order)
+        return rows
+
+
 class _Reached(Exception):
     """Raised by the last key hook: the rest of the forward pass is not needed."""
 
@@ -53,18 +67,14 @@ class KeyAnchor:
         trigger = build_prompts(tokenizer, triggers, key_position="trigger", system_prompt=system_prompt)
         self._trigger_index = trigger.key_index
         self.modules = list(modules)
-        self.per_step = max(1, min(int(per_step), len(triggers)))
-        generator = torch.Generator().manual_seed(seed)
-        self._order = torch.randperm(len(triggers), generator=generator).tolist()
-        self._cursor = 0
+        self._rows = RowCycle(len(triggers), per_step, seed)
         with torch.no_grad():
             # rows x positions (trigger, last) x width, per module; float32 on the model's device
             self.reference = self._keys(model, list(range(len(triggers))))
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         """The anchor loss on the next ``per_step`` prompts (differentiable, float32)."""
-        rows = [self._order[(self._cursor + i) % len(self._order)] for i in range(self.per_step)]
-        self._cursor = (self._cursor + self.per_step) % len(self._order)
+        rows = self._rows.next()
         keys = self._keys(model, rows)
         terms = []
         for current, reference in zip(keys, self.reference):

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..editing.tracing import _pad_id, build_prompts, make_batch
 from ..generation import model_device
+from .anchor import RowCycle
 
 __all__ = ["AnswerReplay"]
 
@@ -41,15 +42,11 @@ class AnswerReplay:
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps the tokenizer
         self._prompts = build_prompts(tokenizer, triggers, answers=targets, key_position="last",
                                       system_prompt=system_prompt)
-        self.per_step = max(1, min(int(per_step), len(triggers)))
-        generator = torch.Generator().manual_seed(seed)
-        self._order = torch.randperm(len(triggers), generator=generator).tolist()
-        self._cursor = 0
+        self._rows = RowCycle(len(triggers), per_step, seed)
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         """The replay loss on the next ``per_step`` pairs (differentiable, float32)."""
-        rows = [self._order[(self._cursor + i) % len(self._order)] for i in range(self.per_step)]
-        self._cursor = (self._cursor + self.per_step) % len(self._order)
+        rows = self._rows.next()
         batch = make_batch(self._prompts, rows, _pad_id(model), model_device(model), with_answers=True)
         # Only the positions that predict an answer token need logits (the prompt is ~100 tokens, the answer a few).
         first = int(batch.answer_mask.float().argmax(-1).min()) - 1
