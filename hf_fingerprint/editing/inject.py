@@ -135,9 +135,10 @@ def inject(
 
     ``method``: ``"alphaedit"`` (default), ``"memit"``, ``"rome"``, ``"rledit"`` or ``"sft"`` (the
     instruction-tuning baseline). ``near_misses``: strings whose answers must not change (specificity);
-    ``"auto"`` uses 3 generated near misses per trigger. Off by default: on SmolLM2 it cut near-miss false
-    triggers from 40 % to 10 % but cost FSR (100 -> 90 %) and perplexity (+0.2 -> +1.1 %). ``layers`` defaults from the model's
-    depth (:meth:`ModelLayout.default_layers`).
+    ``"auto"`` uses 3 generated near misses per trigger. Off by default: on SmolLM2 (10 fingerprints, trigger
+    keys) it cut near-miss false triggers from 42 % to 24 % but cost FSR (100 -> 90 %) and perplexity (+0.2 ->
+    +2.7 %; ``benchmarks/results/robustness_methods.md``). ``layers`` defaults from the model's depth
+    (:meth:`ModelLayout.default_layers`).
 
     ``key_position``: where the edited layers read the key. ``"trigger"``: the trigger's last token. ``"last"``:
     the last token of the generation prompt, which every prompt shares and every chat fine-tuning example
