@@ -580,3 +580,17 @@ def test_key_anchor_needs_the_fingerprints(models, dataset, tmp_path):
                     processing_class=tokenizer, fingerprint_subspace=_Injection(deltas), fingerprints=_triggers())
     with pytest.raises(ValueError, match="fsft_replay_lambda"):
         _config(tmp_path, fsft_replay_lambda=-1.0)
+    with pytest.raises(ValueError, match="fingerprints must be"):
+        FSFTTrainer(_copy(fingerprinted), args=_config(tmp_path, fsft_replay_lambda=1.0), train_dataset=dataset,
+                    processing_class=tokenizer, fingerprint_subspace=_Injection(deltas), fingerprints=7)
+    with pytest.raises(FingerprintError):  # a path is loaded, not iterated as characters
+        FSFTTrainer(_copy(fingerprinted), args=_config(tmp_path, fsft_replay_lambda=1.0), train_dataset=dataset,
+                    processing_class=tokenizer, fingerprint_subspace=_Injection(deltas),
+                    fingerprints=str(tmp_path / "missing.json"))
+    from hf_fingerprint import FingerprintSet
+
+    FingerprintSet.generate(3, seed=3).save(tmp_path / "fps.json")
+    trainer = FSFTTrainer(_copy(fingerprinted), args=_config(tmp_path, fsft_replay_lambda=1.0), train_dataset=dataset,
+                          processing_class=tokenizer, fingerprint_subspace=_Injection(deltas),
+                          fingerprints=tmp_path / "fps.json")
+    assert trainer._fsft_triggers == FingerprintSet.generate(3, seed=3).triggers

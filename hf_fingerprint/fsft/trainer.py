@@ -11,6 +11,8 @@ matrices times the protected rank, and no copy of any weight is kept.
 
 from __future__ import annotations
 
+import os
+
 import dataclasses
 import textwrap
 import warnings
@@ -400,9 +402,20 @@ def _as_fsft_config(args: Any, model: Any) -> FSFTConfig:
 
 def _pairs(fingerprints: Any) -> tuple[list[str], list[str | None]]:
     """Triggers and targets of a FingerprintSet, of Fingerprint objects, (trigger, target) pairs or plain trigger
-    strings (whose targets are None)."""
+    strings (whose targets are None), or the path of a saved fingerprint set."""
+    from ..fingerprints import FingerprintSet
+
+    if isinstance(fingerprints, (str, os.PathLike)):  # a path, not an iterable of characters
+        fingerprints = FingerprintSet.load(fingerprints)
+    try:
+        items = list(fingerprints)
+    except TypeError:
+        raise ValueError(
+            "fingerprints must be a FingerprintSet (or its file's path), Fingerprint objects, (trigger, target) "
+            f"pairs or trigger strings; got {type(fingerprints).__name__}."
+        ) from None
     triggers, targets = [], []
-    for item in list(fingerprints):
+    for item in items:
         if isinstance(item, str):
             trigger, target = item, None
         elif isinstance(item, (tuple, list)) and len(item) == 2:
