@@ -433,3 +433,25 @@ def test_finetune_with_fsft_keeps_the_protected_directions(pair):
     directions = torch.linalg.qr(edit.V)[0]
     drift = tuned.get_submodule(name).weight - model.get_submodule(name).weight
     assert drift.norm() > 0 and (drift @ directions).norm() < 1e-4 * drift.norm()
+
+
+def test_evaluate_persistence_runs_sft_and_fsft_on_a_real_injection():
+    from hf_fingerprint.editing.inject import inject
+    from hf_fingerprint.evaluation import PersistenceRun
+
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(3, seed=0)
+    result = inject(model, tokenizer, fps, method="memit", progress=False, stats_tokens=2000, verify_after=False)
+    assert verify(model, tokenizer, fps, match="prefix", ordinary_prompts=(), progress=False).fsr == 1.0
+    runs = (PersistenceRun("still", 0.0, fsft=False), PersistenceRun("strong", 5e-2),
+            PersistenceRun("lora", 5e-2, lora=True, fsft=False))
+    report = evaluate(model, tokenizer, fps, injection=result, dimensions=("persistence", "efficiency"),
+                      persistence_steps=2, persistence_runs=runs, match="prefix", progress=False,
+                      persistence_options=dict(batch_size=4, max_length=64, num_examples=16))
+    rows = report.persistence
+    assert list(rows) == ["still, 2 steps math (SFT)", "strong, 2 steps math (SFT)", "strong, 2 steps math (FSFT)",
+                          "lora, 2 steps math (SFT)"]
+    assert rows["still, 2 steps math (SFT)"] == 1.0  # lr 0 changes nothing
+    assert rows["strong, 2 steps math (SFT)"] < 1.0  # two steps at lr 5e-2 wreck a tiny model's edits
+    assert all(0.0 <= v <= 1.0 for v in rows.values())
+    assert report.efficiency["method"] == "memit" and "Persistence" in report.to_markdown()

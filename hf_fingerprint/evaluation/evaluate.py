@@ -16,10 +16,29 @@ from ..prompts import ORDINARY_PROMPTS
 from ..verification import verify
 from ._common import EvaluationError
 
-__all__ = ["DEFAULT_DIMENSIONS", "DIMENSIONS", "EvaluationReport", "evaluate", "robustness_modifications"]
+__all__ = ["DEFAULT_DIMENSIONS", "DIMENSIONS", "PERSISTENCE_RUNS", "EvaluationReport", "PersistenceRun", "evaluate",
+           "robustness_modifications"]
 
 DIMENSIONS = ("effectiveness", "harmlessness", "persistence", "robustness", "false_triggers", "attacks", "efficiency")
 DEFAULT_DIMENSIONS = tuple(d for d in DIMENSIONS if d != "persistence")  # fine-tuning takes minutes per run
+
+
+@dataclass(frozen=True)
+class PersistenceRun:
+    """One downstream fine-tuning of the persistence dimension (:func:`~hf_fingerprint.evaluation.finetune`):
+    plain TRL ``SFTTrainer`` at ``lr`` on ``task``, full or LoRA (r 16), and, with ``fsft`` and an injection to
+    take the subspace from, the same run with ``FSFTTrainer`` as we recommend it (penalty 100, key anchor 100,
+    answer replay 1)."""
+
+    name: str
+    lr: float
+    lora: bool = False
+    task: str = "math"
+    fsft: bool = True
+
+
+#: The persistence dimension's default runs: the settings of the persistence study (``benchmarks/persistence.py``).
+PERSISTENCE_RUNS = (PersistenceRun("full FT lr 1e-4", 1e-4), PersistenceRun("LoRA r16 lr 2e-4", 2e-4, lora=True))
 
 
 @dataclass
@@ -136,6 +155,9 @@ def evaluate(
     sparsities: Sequence[float] = (0.1, 0.3, 0.5),
     group_size: int | Sequence[int] = (32, 64),
     persistence_steps: int = 20,
+    persistence_runs: Sequence[PersistenceRun] = PERSISTENCE_RUNS,
+    persistence_options: dict[str, Any] | None = None,
+    attack_math: bool = True,
     progress: bool = True,
 ) -> EvaluationReport:
     """Evaluate a fingerprinted ``model`` along ``dimensions`` (see :data:`DIMENSIONS`).
@@ -146,8 +168,12 @@ def evaluate(
     held-out text for perplexity (default :func:`held_out_texts`); ``prompts``: ordinary prompts for agreement,
     false triggers and the attack's utility cost; ``match``: how answers must hold targets (as in
     :func:`hf_fingerprint.verify`); ``math_n``: problems for the math score (0 skips it); ``sparsities`` and
-    ``group_size`` (one or several): the pruning and 4-bit settings of the robustness table. Nothing
-    here modifies ``model`` or ``base``.
+    ``group_size`` (one or several): the pruning and 4-bit settings of the robustness table;
+    ``persistence_runs`` (each ``persistence_steps`` steps, batch 8; ``persistence_options`` go to
+    :func:`~hf_fingerprint.evaluation.finetune`, e.g. ``bf16=True``): the persistence dimension, whose rows are
+    named ``"<run name>, <steps> steps <task> (SFT|FSFT)"``; ``attack_math``: also score the attacked models on
+    the ``math_n`` problems (the attack's utility cost beyond answer agreement). Nothing here modifies ``model``
+    or ``base``.
     """
     from .attacks import measure_attack, suppression_attack
     from .deployment import deployment_settings
@@ -200,12 +226,15 @@ def evaluate(
         elif dimension == "persistence":
             subspace = injection if injection is not None and getattr(injection, "deltas", None) else None
             rows: dict[str, float] = {}
-            for label, options in (("full FT lr 2e-5", dict(lr=2e-5)), ("LoRA r16 lr 2e-4", dict(lr=2e-4, lora=True))):
-                for trainer, extra in (("SFT", {}), ("FSFT", {"fsft_subspace": subspace})):
-                    if trainer == "FSFT" and subspace is None:
+            fsft = dict(fsft_subspace=subspace, fsft_fingerprints=fps, fsft_lambda=100.0, fsft_anchor_lambda=100.0,
+                        fsft_replay_lambda=1.0)
+            for run in persistence_runs:
+                for trainer, extra in (("SFT", {}), ("FSFT", fsft)):
+                    if trainer == "FSFT" and (subspace is None or not run.fsft):
                         continue
-                    tuned = finetune(model, tokenizer, "math", steps=persistence_steps, **options, **extra)
-                    rows[f"{label}, {persistence_steps} steps math ({trainer})"] = fsr(tuned)
+                    tuned = finetune(model, tokenizer, run.task, steps=persistence_steps, lr=run.lr, lora=run.lora,
+                                     **{**(persistence_options or {}), **extra})
+                    rows[f"{run.name}, {persistence_steps} steps {run.task} ({trainer})"] = fsr(tuned)
                     del tuned
             report.persistence = rows
         elif dimension == "robustness":
@@ -237,7 +266,7 @@ def evaluate(
                        "prefix 'Sure! '": suppression_attack(model, strategy="prefix", tokenizer=tokenizer)}
             if base is not None:
                 attacks["detect, base as reference"] = suppression_attack(model, strategy="detect", reference=base)
-            known = dict(fsr_before=fsr(model), math_n=math_n, match=match)
+            known = dict(fsr_before=fsr(model), math_n=math_n if attack_math else 0, match=match)
             if known["math_n"]:
                 known["math_before"] = math_of(model, known["math_n"])
             report.attacks = {name: measure_attack(attacked, tokenizer, fps, prompts=prompts, **known).to_dict()
