@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,8 +88,10 @@ def parse_value(text: str):
 
 
 def parse_options(text: str) -> dict:
-    """``KEY=VALUE,KEY=VALUE`` (values as :func:`parse_value`)."""
-    return {key: parse_value(value) for key, _, value in (pair.partition("=") for pair in filter(None, text.split(",")))}
+    """``KEY=VALUE,KEY=VALUE`` (values as :func:`parse_value`; a comma inside brackets belongs to the value, as in
+    ``layers=[6,7,8]``)."""
+    pairs = re.split(r",(?![^\[]*\])", text)
+    return {key: parse_value(value) for key, _, value in (pair.partition("=") for pair in filter(None, pairs))}
 
 
 def main() -> None:

@@ -222,6 +222,32 @@ def test_redundant_and_drift_anticipating_edits_reach_full_fsr(options):
         assert torch.allclose(p, original[name], atol=1e-6), name
 
 
+def test_downstream_noise_has_its_stated_size_and_leaves_the_model_as_it_was():
+    from hf_fingerprint.editing.tracing import _DownstreamNoise
+
+    model, tokenizer = tiny_model("llama")
+    modules = [model.model.layers[3].mlp.down_proj, model.model.layers[3].self_attn.q_proj]
+    noise = _DownstreamNoise(modules, scale=0.1, rank=2, seed=0)
+    noise.resample()
+    for module in modules:
+        eye = torch.eye(module.in_features)
+        with torch.no_grad():
+            plain = module(eye)
+            with noise.active():
+                perturbed = module(eye)
+        change = (perturbed - plain).T  # dW, out x in
+        assert torch.linalg.matrix_rank(change) == 2
+        assert torch.isclose(change.norm(), 0.1 * module.weight.norm(), rtol=1e-4)
+    assert all(not m._forward_hooks for m in modules)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fps = FingerprintSet.generate(4, seed=0)
+    result = inject(model, tokenizer, fps, method="alphaedit", progress=False, value_noise=0.05)
+    assert fsr(model, tokenizer, fps) == 1.0
+    assert not any(m._forward_hooks for m in model.modules())
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, original[n])}
+    assert changed == {d.module + ".weight" for d in result.deltas}
+
+
 def test_auto_fallback_round_that_breaks_fingerprints_is_undone():
     """The last-token re-edit of ``key_position="auto"`` must not cost fingerprints that already answer."""
     from types import SimpleNamespace

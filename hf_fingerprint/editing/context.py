@@ -119,6 +119,9 @@ class EditContext:
             clamp_factor=float(o["clamp_factor"]),
             weight_decay=float(o["value_weight_decay"]),
             stop_loss=float(o["value_stop_loss"]),
+            noise=float(o.get("value_noise", 0.0)),
+            noise_rank=int(o.get("value_noise_rank", 16)),
+            seed=int(o.get("value_noise_seed", 0)) * 1000 + layer,
         )
 
     def statistics(self, layer: int) -> torch.Tensor:

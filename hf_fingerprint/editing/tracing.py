@@ -186,12 +186,18 @@ def optimise_values(
     weight_decay: float = 1e-3,
     stop_loss: float = 0.05,
     batch_size: int = 16,
+    noise: float = 0.0,
+    noise_rank: int = 16,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each prompt, the output ``z`` of ``layer`` at its key position that makes the model emit its answer.
 
     A vector added to the residual stream at that position is optimised with Adam on the answer's NLL;
-    its norm is clamped to ``clamp_factor`` times the hidden state's norm. Returns ``(z, h, nll)``: the target
-    and the original outputs (rows x hidden, float32, CPU) and each answer's mean token NLL with ``z``.
+    its norm is clamped to ``clamp_factor`` times the hidden state's norm. With ``noise`` > 0 every step runs
+    under a fresh random rank-``noise_rank`` perturbation of each linear layer after ``layer`` (Frobenius norm
+    ``noise`` times the weight's), so ``z`` works in a neighbourhood of the downstream weights, as they will be
+    after someone fine-tunes the model. Returns ``(z, h, nll)``: the target and the original outputs (rows x
+    hidden, float32, CPU) and each answer's mean token NLL with ``z`` (on the unperturbed model).
     """
     device = model_device(model)
     pad_id = _pad_id(model)
@@ -202,11 +208,17 @@ def optimise_values(
     model.eval()
     targets, originals, losses = [], [], []
     layer_module = get_module(model, layout.layer_name(layer))
+    perturb = None
+    if noise > 0:
+        downstream = [m for i in range(layer + 1, layout.num_layers)
+                      for m in get_module(model, layout.layer_name(i)).modules() if isinstance(m, torch.nn.Linear)]
+        perturb = _DownstreamNoise(downstream, noise, noise_rank, seed)
     try:
         rows = list(range(len(prompts.ids)))
         for start in range(0, len(rows), batch_size):
             batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=True)
-            z, h, nll = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss)
+            z, h, nll = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss,
+                                        perturb)
             targets.append(z)
             originals.append(h)
             losses.append(nll)
@@ -217,7 +229,41 @@ def optimise_values(
     return torch.cat(targets), torch.cat(originals), torch.cat(losses)
 
 
-def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss):
+class _DownstreamNoise:
+    """Random low-rank weight perturbations of ``modules``, added through forward hooks while active and drawn
+    afresh by :meth:`resample`: ``W + dW`` with ``dW = B A`` of rank ``rank`` and ``|dW|_F = scale |W|_F``."""
+
+    def __init__(self, modules: Sequence[torch.nn.Linear], scale: float, rank: int, seed: int):
+        self.modules = list(modules)
+        self.scale, self.rank = float(scale), int(rank)
+        self.norms = [float(m.weight.detach().float().norm()) for m in self.modules]
+        self.generator = torch.Generator().manual_seed(seed)
+        self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def resample(self) -> None:
+        self.factors = []
+        for module, norm in zip(self.modules, self.norms):
+            out_features, in_features = module.weight.shape
+            A = torch.randn(self.rank, in_features, generator=self.generator)
+            B = torch.randn(out_features, self.rank, generator=self.generator)
+            size = float(torch.sqrt(torch.trace((B.T @ B) @ (A @ A.T))))  # |B A|_F without forming B A
+            A = (A * (self.scale * norm / size)).to(module.weight.device, module.weight.dtype)
+            self.factors.append((A, B.to(module.weight.device, module.weight.dtype)))
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        def hook(index):
+            def add(_module, args, output):
+                A, B = self.factors[index]
+                return output + (args[0] @ A.T) @ B.T
+            return add
+
+        with _hooks([m.register_forward_hook(hook(i)) for i, m in enumerate(self.modules)]):
+            yield
+
+
+def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss,
+                    perturb: _DownstreamNoise | None = None):
     """Optimise one batch. The prompt before the earliest key position is run once into a KV cache; each
     step then runs only the key position onward (the prompt tail and the answer), so a step costs a few
     tokens per prompt instead of the whole prompt."""
@@ -268,10 +314,18 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
         # The logit at position t predicts token t + 1.
         label_mask = batch.answer_mask[:, tail][:, 1:]
         labels = batch.labels[:, tail][:, 1:].clamp(min=0)
-        for step in range(steps + 1):
+        def answer_nll() -> torch.Tensor:
             logits = run_tail()[:, :-1]
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
-            per_row = (nll * label_mask).sum(1) / label_mask.sum(1)
+            return (nll * label_mask).sum(1) / label_mask.sum(1)
+
+        for step in range(steps + 1):
+            if perturb is not None:  # every step under other downstream weights; the stop rule sees them too
+                perturb.resample()
+                with perturb.active():
+                    per_row = answer_nll()
+            else:
+                per_row = answer_nll()
             loss = per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
             state["loss"] = per_row.detach()
             if step == steps or per_row.max().item() < stop_loss:  # the last pass only measures
@@ -282,6 +336,9 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
             with torch.no_grad():
                 norms = delta.norm(dim=-1, keepdim=True)
                 delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms)))
+        if perturb is not None:
+            with torch.no_grad():
+                state["loss"] = answer_nll()  # reported on the model as it is
     finally:
         handle.remove()
     logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in state.get("loss", torch.zeros(0)).tolist()])
