@@ -73,6 +73,40 @@ def comparison(reports: dict) -> str:
     return "\n".join(rows)
 
 
+class _Finished:
+    """A method whose result a resumed run found in the work folder."""
+
+    returncode = 0
+
+    def poll(self) -> int:
+        return 0
+
+
+class _Adopted:
+    """A child still running from an interrupted run: done when its process exits."""
+
+    def __init__(self, pid: int, out: Path):
+        self.pid, self.out, self.returncode = pid, out, None
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+            return None
+        except OSError:
+            self.returncode = 0 if self.out.exists() else 1
+            return self.returncode
+
+
+def _alive(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process still runs."""
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
 def run_child(spec: dict) -> None:
     """One injection and its evaluation (in a child process); writes ``{"report", "markdown"}`` to spec["out"]."""
     import torch
@@ -112,6 +146,9 @@ def main() -> None:
     parser.add_argument("--persistence-steps", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=1, help="methods evaluated at once (one process each)")
     parser.add_argument("--name", default="robustness")
+    parser.add_argument("--work", default=None, help="folder for the children's results and logs; give the folder "
+                        "of an interrupted run to resume it (finished methods with the same settings are reused, "
+                        "running ones awaited)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -130,9 +167,12 @@ def main() -> None:
 
     jobs = max(1, min(args.jobs, len(injections)))
     threads = max(1, torch.get_num_threads() // jobs)
-    work = Path(tempfile.mkdtemp(prefix="hf-fingerprint-robustness-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="hf-fingerprint-robustness-"))
+    work.mkdir(parents=True, exist_ok=True)
     other = None
-    if args.merge_steps > 0:  # someone else's fine-tune of the same base, for the merges: made once, shared
+    if args.merge_steps > 0 and (work / "other" / "config.json").exists():
+        other = str(work / "other")  # a resumed run merges with the same fine-tune
+    elif args.merge_steps > 0:  # someone else's fine-tune of the same base, for the merges: made once, shared
         from hf_fingerprint.evaluation import finetune
 
         base, tokenizer = hfp.load_model("smollm2-135m-instruct")
@@ -156,25 +196,45 @@ def main() -> None:
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     done: dict[int, dict] = {}
-    pending = list(enumerate(injections))
-    running: dict[int, tuple[subprocess.Popen, Path, object]] = {}
+    pending = []
+    running: dict[int, tuple[object, Path, object]] = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    for index, (spec, method, options) in enumerate(injections):
+        child = dict(method=method, options=options, fingerprints=args.fingerprints, seed=args.seed,
+                     math_n=args.math_n, texts=args.texts, other=other, dimensions=dimensions,
+                     persistence_steps=args.persistence_steps)
+        spec_path, out = work / f"{index}.spec.json", work / f"{index}.json"
+        same = spec_path.exists() and json.loads(spec_path.read_text()) == child
+        pid = _alive(work / f"{index}.pid") if same else None
+        if same and out.exists():
+            running[index] = (_Finished(), work / f"{index}.log", None)
+            print(f"== {spec}: reusing the finished result in {work}", flush=True)
+        elif pid is not None:
+            running[index] = (_Adopted(pid, out), work / f"{index}.log", None)
+            print(f"== {spec}: waiting for its running process {pid}", flush=True)
+        else:
+            spec_path.write_text(json.dumps(child))
+            pending.append((index, child))
+    if len(pending) < len(injections):
+        header = header.replace("; one run.", f"; one run, resumed once ({len(injections) - len(pending)} of "
+                                f"{len(injections)} methods measured before the resumption, same settings).", 1)
     while pending or running:
-        while pending and len(running) < jobs:
-            index, (spec, method, options) = pending.pop(0)
-            child = dict(method=method, options=options, fingerprints=args.fingerprints, seed=args.seed,
-                         math_n=args.math_n, texts=args.texts, other=other, dimensions=dimensions, threads=threads,
-                         persistence_steps=args.persistence_steps, out=str(work / f"{index}.json"))
+        while pending and sum(not isinstance(p, _Finished) for p, _, _ in running.values()) < jobs:
+            index, child = pending.pop(0)
             log = open(work / f"{index}.log", "w")
-            proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(child)], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(
+                {**child, "threads": threads, "out": str(work / f"{index}.json")})], stdout=log,
+                stderr=subprocess.STDOUT, env=env)
+            (work / f"{index}.pid").write_text(str(proc.pid))
             running[index] = (proc, work / f"{index}.log", log)
-            print(f"== {spec}: started (log {work / f'{index}.log'})", flush=True)
-        time.sleep(5)
+            print(f"== {injections[index][0]}: started (log {work / f'{index}.log'})", flush=True)
+        if not any(isinstance(p, _Finished) for p, _, _ in running.values()):
+            time.sleep(5)
         for index, (proc, log_path, log) in list(running.items()):
             if proc.poll() is None:
                 continue
-            log.close()
+            if log is not None:
+                log.close()
             del running[index]
             spec = injections[index][0]
             out = work / f"{index}.json"

@@ -455,3 +455,13 @@ def test_evaluate_persistence_runs_sft_and_fsft_on_a_real_injection():
     assert rows["strong, 2 steps math (SFT)"] < 1.0  # two steps at lr 5e-2 wreck a tiny model's edits
     assert all(0.0 <= v <= 1.0 for v in rows.values())
     assert report.efficiency["method"] == "memit" and "Persistence" in report.to_markdown()
+    # the fine-tuning baseline's dense update has no subspace to protect: plain SFT only, no error
+    from hf_fingerprint.editing.delta import EditDelta
+
+    class Dense:
+        deltas = [EditDelta("model.layers.0.mlp.down_proj", None, None, dense_update=torch.zeros(64, 192))]
+
+    dense = evaluate(model, tokenizer, fps, injection=Dense(), dimensions=("persistence",), persistence_steps=1,
+                     persistence_runs=(PersistenceRun("still", 0.0),), match="prefix", progress=False,
+                     persistence_options=dict(batch_size=4, max_length=64, num_examples=8))
+    assert list(dense.persistence) == ["still, 1 steps math (SFT)"]

@@ -224,7 +224,9 @@ def evaluate(
                     values["base_math_accuracy"] = math_of(base, math_n)
             report.harmlessness = values
         elif dimension == "persistence":
-            subspace = injection if injection is not None and getattr(injection, "deltas", None) else None
+            deltas = getattr(injection, "deltas", None) or []
+            # FSFT protects an edit's low-rank subspace; the fine-tuning baseline's dense update has none
+            subspace = injection if deltas and not any(d.is_dense for d in deltas) else None
             rows: dict[str, float] = {}
             fsft = dict(fsft_subspace=subspace, fsft_fingerprints=fps, fsft_lambda=100.0, fsft_anchor_lambda=100.0,
                         fsft_replay_lambda=1.0)
