@@ -248,6 +248,21 @@ def test_downstream_noise_has_its_stated_size_and_leaves_the_model_as_it_was():
     assert changed == {d.module + ".weight" for d in result.deltas}
 
 
+def test_peak_memory_is_the_injections_not_the_process_history():
+    import sys
+
+    model, tokenizer = tiny_model("llama")
+    blob = torch.ones(2**29)  # 2 GiB held and released before the injection
+    blob += 1
+    del blob
+    result = inject(model, tokenizer, FingerprintSet.generate(2, seed=0), method="memit", progress=False,
+                    verify_after=False)
+    if sys.platform == "linux":
+        assert 0 < result.peak_memory_bytes < 2**31
+    else:
+        assert result.peak_memory_bytes > 0
+
+
 def test_auto_fallback_round_that_breaks_fingerprints_is_undone():
     """The last-token re-edit of ``key_position="auto"`` must not cost fingerprints that already answer."""
     from types import SimpleNamespace

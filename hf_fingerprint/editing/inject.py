@@ -29,7 +29,11 @@ ADAPTER_METADATA = "fingerprint_adapter.json"
 
 @dataclass
 class InjectionResult:
-    """What :func:`inject` did: per-module updates (``W += U V^T``), its cost, and the FSR right after."""
+    """What :func:`inject` did: per-module updates (``W += U V^T``), its cost, and the FSR right after.
+
+    ``peak_memory_bytes``: on a GPU the peak allocated memory during the injection; on CPU the process's peak
+    resident size during it (model included; on Linux counted from the injection's start).
+    """
 
     method: str
     deltas: list[EditDelta]
@@ -174,6 +178,8 @@ def inject(
     device = model_device(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_peak_rss()
     started = time.perf_counter()
     context = EditContext(
         model=model,
@@ -200,7 +206,7 @@ def inject(
     peak = (
         torch.cuda.max_memory_allocated(device)
         if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        else _peak_rss()
     )
     result = InjectionResult(
         method=method,
@@ -218,6 +224,26 @@ def inject(
                                progress=progress)
         result.fsr = result.report.fsr
     return result
+
+
+def _reset_peak_rss() -> None:
+    """Start the process's peak resident size afresh (Linux), so the peak is this injection's, not whatever the
+    process (or, through ``fork``, its parent) held before."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """Peak resident size in bytes since :func:`_reset_peak_rss` (``VmHWM``), else the process's lifetime peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[EditDelta], fps: FingerprintSet,
