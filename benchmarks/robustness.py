@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("-n", "--fingerprints", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--math-n", type=int, default=50, help="math problems for the utility score (0 skips it)")
-    parser.add_argument("--texts", type=int, default=100, help="held-out paragraphs for every perplexity")
+    parser.add_argument("--texts", type=int, default=300, help="held-out paragraphs for every perplexity")
     parser.add_argument("--merge-steps", type=int, default=20, help="steps of the other fine-tune of the base that "
                         "every injection is merged with (full fine-tuning on the instruction task, lr 1e-4; 0: no merges)")
     parser.add_argument("--persistence", action="store_true", help="add the fine-tuning runs of "
