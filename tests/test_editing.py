@@ -294,3 +294,44 @@ def test_auto_fallback_round_that_breaks_fingerprints_is_undone():
     for name, value in model.named_parameters():
         assert torch.allclose(value, original[name], atol=1e-5), name
     assert context.options["trigger_keys"] == len(fps) and context.options["last_token_keys"] == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+def test_shortcuts_give_the_same_keys_and_values_as_full_passes(arch):
+    """capture stops after the deepest requested layer, and value optimisation replays the layers up to the
+    edited one: both must give what full forward passes give."""
+    from hf_fingerprint.editing import tracing
+    from hf_fingerprint.editing.tracing import build_prompts, capture, make_batch
+
+    model, tokenizer = tiny_model(arch)
+    model.eval()
+    layout = find_layout(model)
+    fps = FingerprintSet.generate(3, seed=0)
+    prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position="trigger")
+    keys, outputs = capture(model, layout, prompts, key_layers=[1], output_layers=[2])
+    full = {}
+    hooks = [get_module(model, layout.module_name(1, "down_proj")).register_forward_pre_hook(
+                 lambda _m, args: full.setdefault("key", args[0])),
+             get_module(model, layout.layer_name(2)).register_forward_hook(
+                 lambda _m, _a, out: full.setdefault("out", out[0] if isinstance(out, tuple) else out))]
+    batch = make_batch(prompts, range(3), tracing._pad_id(model), torch.device("cpu"), with_answers=False)
+    with torch.no_grad():
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+              use_cache=False)
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(keys[1], tracing._pick(full["key"], batch).float(), atol=1e-5)
+    assert torch.allclose(outputs[2], tracing._pick(full["out"], batch).float(), atol=1e-5)
+
+    layer = layout.num_layers - 2
+    batch = make_batch(prompts, range(3), tracing._pad_id(model), torch.device("cpu"), with_answers=True)
+    upstream = [get_module(model, layout.layer_name(i)) for i in range(layer + 1)]
+    args = (model, upstream[-1], batch, 5, 0.5, 4.0, 1e-3, 0.0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    replayed = tracing._optimise_batch(*args, None, upstream)
+    plain = tracing._optimise_batch(*args, None, ())
+    assert all("forward" not in m.__dict__ for m in upstream)  # the layers compute again afterwards
+    assert not torch.equal(replayed[0], replayed[1])  # the vector moved
+    for a, b in zip(replayed, plain):
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..generation import chat_prompt, model_device
 from ..models import cache_dir
 from .layout import ModelLayout, get_module
+from .tracing import StopForward
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +105,12 @@ def layer_statistics(
         def fn(_module, args):
             keys = args[0][current["mask"]].double().cpu()
             sums[index].addmm_(keys.T, keys)
+            if index == deepest:  # nothing after this layer is needed
+                raise StopForward
 
         return fn
 
+    deepest = max(missing)
     device = model_device(model)
     handles = [get_module(model, layout.module_name(i, module)).register_forward_pre_hook(hook(i)) for i in missing]
     side = tokenizer.padding_side
@@ -120,7 +124,10 @@ def layer_statistics(
                 enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
                                 truncation=True, max_length=max_length, add_special_tokens=False).to(device)
                 current["mask"] = enc["attention_mask"].bool()
-                model(**enc, use_cache=False)
+                try:
+                    model(**enc, use_cache=False)
+                except StopForward:
+                    pass
                 n = int(enc["attention_mask"].sum())
                 counted["tokens"] += n
                 bar.update(n)

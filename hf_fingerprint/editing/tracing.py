@@ -121,6 +121,10 @@ def _pick(tensor: torch.Tensor, batch: Batch) -> torch.Tensor:
     return tensor[torch.arange(tensor.shape[0], device=tensor.device), batch.key_index]
 
 
+class StopForward(Exception):
+    """Raised by a hook once every requested activation is captured: the rest of the forward pass is not needed."""
+
+
 @torch.no_grad()
 def capture(
     model: Any,
@@ -134,7 +138,7 @@ def capture(
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Keys (inputs of ``module``) and layer outputs at each prompt's key position, float32 on the CPU.
 
-    One forward pass per batch serves every requested layer.
+    One forward pass per batch serves every requested layer, and it stops after the deepest of them.
     """
     device = model_device(model)
     pad_id = _pad_id(model)
@@ -155,19 +159,28 @@ def capture(
 
         return hook
 
+    def stop(_module, _args, _output):
+        raise StopForward
+
     handles = [get_module(model, layout.module_name(i, module)).register_forward_pre_hook(key_hook(i)) for i in key_layers]
     handles += [get_module(model, layout.layer_name(i)).register_forward_hook(output_hook(i)) for i in output_layers]
+    deepest = max([*key_layers, *output_layers], default=None)
+    if deepest is not None:  # registered last, so it runs after the deepest layer's own hooks
+        handles.append(get_module(model, layout.layer_name(deepest)).register_forward_hook(stop))
     with _hooks(handles):
         rows = list(range(len(prompts.ids)))
         for start in range(0, len(rows), batch_size):
             batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=False)
             current["batch"] = batch
-            model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
+            try:
+                model(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=False,
+                )
+            except StopForward:
+                pass
     return (
         {i: torch.cat(v) for i, v in keys.items()},
         {i: torch.cat(v) for i, v in outputs.items()},
@@ -208,6 +221,7 @@ def optimise_values(
     model.eval()
     targets, originals, losses = [], [], []
     layer_module = get_module(model, layout.layer_name(layer))
+    upstream = [get_module(model, layout.layer_name(i)) for i in range(layer + 1)]
     perturb = None
     if noise > 0:
         downstream = [m for i in range(layer + 1, layout.num_layers)
@@ -218,7 +232,7 @@ def optimise_values(
         for start in range(0, len(rows), batch_size):
             batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=True)
             z, h, nll = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss,
-                                        perturb)
+                                        perturb, upstream)
             targets.append(z)
             originals.append(h)
             losses.append(nll)
@@ -262,11 +276,28 @@ class _DownstreamNoise:
             yield
 
 
+@contextlib.contextmanager
+def _replaying(modules: Sequence[torch.nn.Module], outputs: Sequence[Any]) -> Iterator[None]:
+    """Each module returns its recorded output instead of computing it (its hooks still run)."""
+    saved = [m.__dict__.get("forward") for m in modules]
+    for module, output in zip(modules, outputs):
+        module.forward = lambda *_args, _output=output, **_kwargs: _output
+    try:
+        yield
+    finally:
+        for module, forward in zip(modules, saved):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
+
+
 def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss,
-                    perturb: _DownstreamNoise | None = None):
+                    perturb: _DownstreamNoise | None = None, upstream: Sequence[torch.nn.Module] = ()):
     """Optimise one batch. The prompt before the earliest key position is run once into a KV cache; each
     step then runs only the key position onward (the prompt tail and the answer), so a step costs a few
-    tokens per prompt instead of the whole prompt."""
+    tokens per prompt instead of the whole prompt. The ``upstream`` layers (up to the edited one) do not see
+    the optimised vector, so their outputs on the tail are recorded once and replayed at every step."""
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     prefix = int(batch.key_index.min())
     tail = slice(prefix, None)
@@ -303,10 +334,18 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
                 position_ids=batch.position_ids[:, :prefix],
                 use_cache=True,
             ).past_key_values
-    handle = layer_module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            run_tail()
+    recorded: dict[int, Any] = {}
+
+    def record(index: int):
+        def fn(_module, _args, output):
+            recorded[index] = output
+        return fn
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_hooks([layer_module.register_forward_hook(hook)]))
+        with _hooks([m.register_forward_hook(record(i)) for i, m in enumerate(upstream)]), torch.no_grad():
+            run_tail()  # records h and the upstream outputs
+        stack.enter_context(_replaying(upstream, [recorded[i] for i in range(len(upstream))]))
         h = state["h"]
         delta = torch.zeros_like(h, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=lr)
@@ -339,8 +378,6 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
         if perturb is not None:
             with torch.no_grad():
                 state["loss"] = answer_nll()  # reported on the model as it is
-    finally:
-        handle.remove()
     logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in state.get("loss", torch.zeros(0)).tolist()])
     return (h + delta.detach()).cpu(), h.cpu(), state["loss"].float().cpu()
 
