@@ -38,8 +38,12 @@ print("RESULT " + json.dumps(dict(seconds=result.seconds, fsr=result.fsr, code=h
 
 def export(revision: str, folder: Path) -> Path:
     """The package of ``revision``, extracted into ``folder``."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", revision, "hf_fingerprint"],
-                             check=True, capture_output=True).stdout
+    proc = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", revision, "hf_fingerprint"],
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"cannot export revision '{revision}' (is it a commit of this repository?): "
+                         f"{proc.stderr.decode(errors='replace').strip()}")
+    archive = proc.stdout
     folder.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
@@ -68,6 +72,8 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="inject option")
     parser.add_argument("--name", default="before_after")
     args = parser.parse_args()
+    if args.repeats < 1 or args.fingerprints < 1 or args.threads < 1:
+        parser.error("--repeats, --fingerprints and --threads must be at least 1")
     options = {}
     for item in args.option:
         key, _, value = item.partition("=")
