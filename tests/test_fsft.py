@@ -532,6 +532,27 @@ def test_anchor_and_replay_with_accumulation_give_the_same_update(models, tmp_pa
     assert mismatch < 1e-4 * max(1.0, effect)
 
 
+def test_anchor_and_replay_under_activation_checkpointing_give_the_same_update(models, tmp_path):
+    # TRL's SFTConfig checkpoints activations by default; the anchor's hooked forward must still work under it.
+    from hf_fingerprint import FingerprintSet
+
+    _, fingerprinted, tokenizer, deltas = models
+    fingerprints = FingerprintSet.generate(3, seed=3)
+    updates = {}
+    for checkpointing in (False, True):
+        model = _copy(fingerprinted)
+        args = _config(tmp_path, max_steps=2, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, weight_decay=0.0,
+                       fsft_lambda=1.0, fsft_anchor_lambda=1e4, fsft_replay_lambda=1.0,
+                       activation_checkpointing=checkpointing)
+        trainer = FSFTTrainer(model, args=args, train_dataset=math_task(4, seed=9), processing_class=tokenizer,
+                              fingerprint_subspace=_Injection(deltas), fingerprints=fingerprints)
+        trainer.train()
+        assert _logged(trainer, "fsft_anchor")[-1] > 0
+        updates[checkpointing] = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for name, value in updates[False].items():
+        assert torch.allclose(value, updates[True][name], atol=1e-5), name
+
+
 def test_answer_replay_keeps_the_fingerprint_answers_that_fine_tuning_erodes(models, dataset, tmp_path):
     from hf_fingerprint import FingerprintSet
     from hf_fingerprint.fsft.replay import AnswerReplay

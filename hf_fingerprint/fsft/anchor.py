@@ -10,7 +10,8 @@ the trigger's last token and at the last prompt token, ``mean ||k - k*||^2 / ||k
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -100,7 +101,7 @@ class KeyAnchor:
             return capture
 
         handles = [module.register_forward_pre_hook(hook(i)) for i, module in enumerate(self.modules)]
-        with _hooks(handles):
+        with _hooks(handles), _no_activation_checkpointing(model):
             try:
                 model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       position_ids=batch.position_ids, use_cache=False)
@@ -109,3 +110,17 @@ class KeyAnchor:
         if len(captured) != len(self.modules):
             raise RuntimeError("The key anchor's forward pass did not reach every edited module.")
         return [captured[i] for i in range(len(self.modules))]
+
+
+@contextlib.contextmanager
+def _no_activation_checkpointing(model: nn.Module) -> Iterator[None]:
+    """Layers run plainly: a checkpointed layer would recompute its forward in the backward pass without the key
+    hooks (and without the early stop), which torch rejects; the anchor's few prompts need little memory anyway."""
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for layer in layers:
+        layer.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.gradient_checkpointing = True
