@@ -137,6 +137,29 @@ def test_covariance_is_cached_on_disk(tmp_path, monkeypatch):
     assert not torch.equal(other[1], first[1])
 
 
+def test_null_space_basis_is_cached_beside_the_statistics(tmp_path, monkeypatch):
+    from hf_fingerprint.editing.alphaedit import range_basis
+
+    monkeypatch.setenv("HF_FINGERPRINT_CACHE", str(tmp_path / "cache"))
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(3, seed=2)
+    first = inject(model, tokenizer, fps, method="alphaedit", progress=False)
+    stats = {int(f.stem[5:]): f for f in (tmp_path / "cache" / "stats").rglob("layer*.pt")}
+    bases = {int(f.stem.split("layer")[1]): f for f in (tmp_path / "cache" / "stats").rglob("range0.5-layer*.pt")}
+    assert sorted(bases) == sorted(stats) == first.layers
+    for layer, path in bases.items():
+        B = torch.load(path)
+        C = torch.load(stats[layer])
+        assert torch.allclose(B, range_basis(C, 0.5))
+        # B spans the large-eigenvalue directions: I - B B^T removes them from C
+        P = torch.eye(B.shape[0]) - B @ B.T
+        assert (P @ C @ P).norm() < 0.5 * C.norm()
+    first.revert()
+    second = inject(model, tokenizer, fps, method="alphaedit", progress=False)  # read from disk this time
+    for a, b in zip(first.deltas, second.deltas):
+        assert torch.allclose(a.dense(), b.dense(), atol=1e-5)
+
+
 def test_inject_command(tmp_path):
     import subprocess
     import sys

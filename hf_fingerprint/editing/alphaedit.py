@@ -15,21 +15,28 @@ from .delta import EditDelta
 from .memit import spread_over_layers
 
 
-def null_space_projector(covariance: torch.Tensor, relative_threshold: float) -> torch.Tensor:
+def range_basis(covariance: torch.Tensor, relative_threshold: float) -> torch.Tensor:
+    """Orthonormal eigenvectors of C0 whose eigenvalues reach ``relative_threshold`` x the mean (float32, CPU).
+
+    The projector onto the null space is I - B B^T; B is the smaller half to store (a tenth to a quarter of d_ff
+    on SmolLM2), so it is what :meth:`EditContext.statistics_derived` caches on disk.
+    """
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
-    keep = eigenvalues < relative_threshold * eigenvalues.mean()
-    basis = eigenvectors[:, keep]
-    return (basis @ basis.T).float()
+    return eigenvectors[:, eigenvalues >= relative_threshold * eigenvalues.mean()].float().cpu()
 
 
 def solve_layer(context: EditContext, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> EditDelta:
+    device = context.linalg_device
+    keys = keys.to(device)
     alpha = float(context.options.get("alpha", 0.03)) * float((keys**2).sum(1).mean())
     threshold = float(context.options.get("nullspace_threshold", 0.5))
+    B = context.statistics_derived(f"range{threshold:g}", layer,
+                                   lambda: range_basis(context.statistics(layer).to(device), threshold)).to(device)
     P = context.cached(("projector", layer, threshold),
-                       lambda: null_space_projector(context.statistics(layer), threshold))
-    inner = keys.T @ keys + context.preserve_term(layer)
-    system = P @ inner + alpha * torch.eye(inner.shape[0])
-    V = torch.linalg.solve(system.double(), (P @ keys.T).double()).float()
+                       lambda: torch.eye(B.shape[0], device=device) - B @ B.T)
+    inner = keys.T @ keys + context.preserve_term(layer).to(device)
+    system = P @ inner + alpha * torch.eye(inner.shape[0], device=device)
+    V = torch.linalg.solve(system.double(), (P @ keys.T).double()).float().cpu()
     return EditDelta(context.module_name(layer), residual.T.contiguous(), V)
 
 

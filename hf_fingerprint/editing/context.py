@@ -7,7 +7,8 @@ from typing import Any, Callable
 
 import torch
 
-from .covariance import layer_statistics
+from ..generation import model_device
+from .covariance import cached_tensor, layer_statistics, statistics_folder
 from .delta import EditDelta
 from .layout import ModelLayout, get_module
 from .tracing import Prompts, capture, optimise_values
@@ -132,6 +133,7 @@ class EditContext:
     def statistics(self, layer: int) -> torch.Tensor:
         """C0 of ``layer`` (computed for all edited layers at once, then cached in memory and on disk)."""
         if ("stats", layer) not in self._cache:
+            self._statistics_folder()
             stats = layer_statistics(
                 self.model, self.tokenizer, self.layout, self.layers,
                 corpus=self.options.get("corpus"),
@@ -142,6 +144,28 @@ class EditContext:
             for index, value in stats.items():
                 self._cache[("stats", index)] = value
         return self._cache[("stats", layer)]
+
+    def statistics_derived(self, name: str, layer: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A tensor computed from C0 of ``layer`` (a projector, say), cached on disk beside the statistics."""
+        return self.cached((name, layer), lambda: cached_tensor(self._statistics_folder() / f"{name}-layer{layer}.pt",
+                                                                make))
+
+    def _statistics_folder(self):
+        # Named by the weights, so taken once, before the first edit changes them.
+        return self.cached("stats_folder", lambda: statistics_folder(
+            self.model, self.tokenizer, corpus=self.options.get("corpus"), module=self.module,
+            max_tokens=int(self.options.get("stats_tokens", 20_000)))[0])
+
+    def statistics_cache(self) -> dict[Any, Any]:
+        """What this context holds that depends on the statistics only (for another context on the same model)."""
+        return {k: v for k, v in self._cache.items()
+                if k == "stats_folder" or (isinstance(k, tuple) and str(k[0]).startswith(("stats", "projector", "range")))}
+
+    @property
+    def linalg_device(self) -> torch.device:
+        """Where the editors' solves run: the model's GPU when it has one (d_ff-sized systems), else the CPU."""
+        device = model_device(self.model)
+        return device if device.type == "cuda" else torch.device("cpu")
 
     def preserve_term(self, layer: int) -> torch.Tensor:
         """w K_p^T K_p for the keys to preserve (near misses) at ``layer``, zero when there are none.

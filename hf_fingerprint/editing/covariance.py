@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -63,6 +63,27 @@ def model_fingerprint(model: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def statistics_folder(model: Any, tokenizer: Any, *, corpus: Any = None, module: str = "down_proj",
+                      max_tokens: int = 20_000, max_length: int = 256) -> tuple[Path, list[str] | None]:
+    """Where the statistics of these weights, module and corpus (and what is derived from them) are cached."""
+    corpus_key, texts = _corpus_key(tokenizer, corpus)
+    key = f"{model_fingerprint(model)}-{module}-{corpus_key}-{max_tokens}-{max_length}"
+    return cache_dir() / "stats" / key, texts
+
+
+def cached_tensor(path: Path, make: Callable[[], torch.Tensor], *, use_cache: bool = True) -> torch.Tensor:
+    """``torch.load(path)`` when it is there, else ``make()`` saved to ``path`` (atomically) on the CPU."""
+    if use_cache and path.exists():
+        return torch.load(path, weights_only=True)
+    value = make()
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(value.cpu(), tmp)
+        tmp.replace(path)
+    return value
+
+
 def layer_statistics(
     model: Any,
     tokenizer: Any,
@@ -82,9 +103,8 @@ def layer_statistics(
     Sequences are cut to ``max_length`` tokens and the total to ``max_tokens``, so memory stays bounded;
     sums accumulate in float64.
     """
-    corpus_key, texts = _corpus_key(tokenizer, corpus)
-    key = f"{model_fingerprint(model)}-{module}-{corpus_key}-{max_tokens}-{max_length}"
-    folder = cache_dir() / "stats" / key
+    folder, texts = statistics_folder(model, tokenizer, corpus=corpus, module=module, max_tokens=max_tokens,
+                                      max_length=max_length)
     result: dict[int, torch.Tensor] = {}
     missing = []
     for layer in layers:
@@ -97,13 +117,17 @@ def layer_statistics(
         return result
     if texts is None:
         texts = corpus_texts(tokenizer, corpus)
-    sums = {i: torch.zeros(layout.intermediate_size, layout.intermediate_size, dtype=torch.float64) for i in missing}
+    device = model_device(model)
+    # Accumulated on a GPU when the model is on one (d_ff^2 float64 per layer); on the CPU otherwise.
+    where = device if device.type == "cuda" else torch.device("cpu")
+    size = layout.intermediate_size
+    sums = {i: torch.zeros(size, size, dtype=torch.float64, device=where) for i in missing}
     counted = {"tokens": 0}
     current: dict[str, torch.Tensor] = {}
 
     def hook(index: int):
         def fn(_module, args):
-            keys = args[0][current["mask"]].double().cpu()
+            keys = args[0][current["mask"]].to(where, torch.float64)
             sums[index].addmm_(keys.T, keys)
             if index == deepest:  # nothing after this layer is needed
                 raise StopForward
@@ -111,7 +135,6 @@ def layer_statistics(
         return fn
 
     deepest = max(missing)
-    device = model_device(model)
     handles = [get_module(model, layout.module_name(i, module)).register_forward_pre_hook(hook(i)) for i in missing]
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
@@ -139,7 +162,7 @@ def layer_statistics(
     if use_cache:
         folder.mkdir(parents=True, exist_ok=True)
     for layer in missing:
-        stat = (sums[layer] / max(1, counted["tokens"])).float()
+        stat = (sums.pop(layer) / max(1, counted["tokens"])).float().cpu()
         result[layer] = stat
         if use_cache:
             tmp = folder / f".layer{layer}.pt.tmp"

@@ -283,7 +283,7 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
             options=dict(context.options, fingerprints=subset, key_position="last"),
             progress=context.progress,
         )
-        again._cache.update({k: v for k, v in context._cache.items() if k[0] in ("stats", "projector")})
+        again._cache.update(context.statistics_cache())
         new = editor.edit(again)
         now = answering()
         if len(now) < len(ok) or not (now - ok):

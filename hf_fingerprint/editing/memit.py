@@ -15,10 +15,12 @@ from .delta import EditDelta, merge_deltas
 
 def solve_layer(context: EditContext, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> EditDelta:
     """The least-squares update of one layer (``keys``: N x d_ff, ``residual``: N x d_model)."""
+    device = context.linalg_device
+    keys = keys.to(device)
     lam = float(context.options.get("mom2_weight", 100.0))
-    system = lam * context.statistics(layer) + keys.T @ keys
-    system += context.preserve_term(layer)
-    V = torch.linalg.solve(system.double(), keys.T.double()).float()
+    system = lam * context.statistics(layer).to(device) + keys.T @ keys
+    system += context.preserve_term(layer).to(device)
+    V = torch.linalg.solve(system.double(), keys.T.double()).float().cpu()
     return EditDelta(context.module_name(layer), residual.T.contiguous(), V)
 
 

@@ -250,18 +250,20 @@ class _DownstreamNoise:
     def __init__(self, modules: Sequence[torch.nn.Linear], scale: float, rank: int, seed: int):
         self.modules = list(modules)
         self.scale, self.rank = float(scale), int(rank)
-        self.norms = [float(m.weight.detach().float().norm()) for m in self.modules]
-        self.generator = torch.Generator().manual_seed(seed)
+        self.norms = [m.weight.detach().float().norm() for m in self.modules]
+        # Drawn where the weights live: on a GPU, drawing on the CPU and copying over costs more than the step.
+        self.device = self.modules[0].weight.device if self.modules else torch.device("cpu")
+        self.generator = torch.Generator(self.device).manual_seed(seed)
         self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def resample(self) -> None:
         self.factors = []
         for module, norm in zip(self.modules, self.norms):
             out_features, in_features = module.weight.shape
-            A = torch.randn(self.rank, in_features, generator=self.generator)
-            B = torch.randn(out_features, self.rank, generator=self.generator)
-            size = float(torch.sqrt(torch.trace((B.T @ B) @ (A @ A.T))))  # |B A|_F without forming B A
-            A = (A * (self.scale * norm / size)).to(module.weight.device, module.weight.dtype)
+            A = torch.randn(self.rank, in_features, generator=self.generator, device=self.device)
+            B = torch.randn(out_features, self.rank, generator=self.generator, device=self.device)
+            size = torch.sqrt(torch.trace((B.T @ B) @ (A @ A.T)))  # |B A|_F without forming B A
+            A = (A * (self.scale * norm.to(self.device) / size)).to(module.weight.device, module.weight.dtype)
             self.factors.append((A, B.to(module.weight.device, module.weight.dtype)))
 
     @contextlib.contextmanager
