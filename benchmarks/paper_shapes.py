@@ -1,0 +1,272 @@
+"""Injection and FSFT at the research's model sizes: random weights in the shapes of Llama-3.2-3B and Qwen3-8B.
+
+Meant for a GPU (bf16 weights on CUDA); ``--shapes tiny`` checks the script on a CPU. The weights are random, so
+the edits' FSR says little (random attention carries nothing from the trigger and every fingerprint takes the
+slow path: trigger keys first, then the last-token fallback); the times and memory are what the sizes cost.
+
+Per shape: one injection with a fresh statistics cache (covariance statistics and null-space bases computed),
+then ``--repeats`` injections with the statistics cached (the model reverted in between), and one of those under
+cProfile (not timed). For ``--fsft-shape``: seconds per optimizer step of TRL's SFTTrainer and of FSFTTrainer
+(penalty only; penalty + key anchor + answer replay), batch 8, up to 256 tokens, full fine-tuning in bf16, each
+trainer in turn in this process and then again in reverse order, the median step after the warm-up steps.
+
+    python benchmarks/paper_shapes.py --tokenizer DIR --out DIR       # on the GPU machine
+    python benchmarks/paper_shapes.py --shapes tiny --fsft-shape tiny --tokenizer DIR --out /tmp/shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+SHAPES = {
+    # config.json of meta-llama/Llama-3.2-3B-Instruct and Qwen/Qwen3-8B (sizes only)
+    "llama-3.2-3b": ("llama", dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                                   num_attention_heads=24, num_key_value_heads=8, head_dim=128, vocab_size=128256,
+                                   tie_word_embeddings=True, rope_theta=500000.0, max_position_embeddings=131072)),
+    "qwen3-8b": ("qwen3", dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                               num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                               tie_word_embeddings=False, rope_theta=1000000.0, max_position_embeddings=40960)),
+    "tiny": ("llama", dict(hidden_size=128, intermediate_size=384, num_hidden_layers=8, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=32, vocab_size=49152, tie_word_embeddings=True)),
+}
+
+
+def build(shape: str, tokenizer, device: torch.device):
+    """A random-weight model of ``shape`` in bf16 (float32 on a CPU), built directly on ``device``."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+    arch, sizes = SHAPES[shape]
+    config = (LlamaConfig if arch == "llama" else Qwen3Config)(
+        **sizes, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def allocated() -> int:
+    return torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+
+
+def time_injection(shape: str, tokenizer, device, args, out: Path) -> dict:
+    import hf_fingerprint as hfp
+
+    model = build(shape, tokenizer, device)
+    params = sum(p.numel() for p in model.parameters())
+    weights = allocated()
+    fps = hfp.FingerprintSet.generate(args.fingerprints, seed=0)
+    row: dict = dict(shape=shape, params=params, fingerprints=len(fps), weights_bytes=weights)
+
+    def once(**extra):
+        sync()
+        result = hfp.inject(model, tokenizer, fps, verify_after=False, progress=False, **extra)
+        sync()
+        return result
+
+    first = once()
+    row["uncached_s"] = first.seconds
+    row["uncached_peak_bytes"] = first.peak_memory_bytes
+    started = time.perf_counter()
+    report = hfp.verify(model, tokenizer, fps, ordinary_prompts=(), progress=False)
+    row["verify_s"] = time.perf_counter() - started
+    row["fsr"] = report.fsr
+    row["trigger_keys"] = first.options.get("trigger_keys")
+    row["edit_sweeps"] = first.options.get("edit_sweeps")
+    first.revert()
+    cached = []
+    for _ in range(args.repeats):
+        result = once()
+        cached.append((result.seconds, result.peak_memory_bytes))
+        result.revert()
+    row["cached_s"] = [s for s, _ in cached]
+    row["cached_peak_bytes"] = max(p for _, p in cached)
+    profile = cProfile.Profile()
+    profile.enable()
+    result = once()
+    profile.disable()
+    result.revert()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(40)
+    (out / f"profile_{shape}.txt").write_text(text.getvalue())
+    row["deltas"] = first.deltas
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def time_fsft(shape: str, tokenizer, device, deltas, args) -> dict:
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    import hf_fingerprint as hfp
+    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
+
+    fps = hfp.FingerprintSet.generate(args.fingerprints, seed=0)
+    data = hfp.math_task(8 * (args.fsft_steps + 1), seed=0)
+    model = build(shape, tokenizer, device)
+    with torch.no_grad():  # the injection's edit, so the subspace is the one a real run protects
+        for delta in deltas:
+            model.get_submodule(delta.module).weight += delta.dense().to(device, model.dtype)
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, *_, **__):
+            sync()
+            self.began = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            sync()
+            self.times.append(time.perf_counter() - self.began)
+
+    configs = {
+        "SFTTrainer": None,
+        "FSFT input (default)": dict(),
+        "FSFT input + anchor + replay": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=1.0),
+    }
+    settings = dict(output_dir=tempfile.mkdtemp(), max_steps=args.fsft_steps, learning_rate=1e-6,
+                    per_device_train_batch_size=8, lr_scheduler_type="constant", logging_steps=10**6,
+                    save_strategy="no", report_to="none", bf16=device.type == "cuda", use_cpu=device.type != "cuda",
+                    seed=0, max_length=256, disable_tqdm=True, dataloader_num_workers=0)
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    peaks: dict[str, int] = {}
+    order = list(configs)
+    for name in order + order[::-1]:
+        timer = StepTimer()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        if configs[name] is None:
+            trainer = SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data, processing_class=tokenizer,
+                                 callbacks=[timer])
+        else:
+            trainer = FSFTTrainer(model, args=FSFTConfig(**settings, **configs[name]), train_dataset=data,
+                                  processing_class=tokenizer, callbacks=[timer], fingerprint_subspace=deltas,
+                                  fingerprints=fps)
+        trainer.train()
+        times[name] += timer.times[args.fsft_warmup:]
+        peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)
+        print(f"  {name}: {[round(t, 3) for t in timer.times]}", flush=True)
+        del trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    base = statistics.median(times["SFTTrainer"])
+    return dict(shape=shape, rows=[dict(config=name, median_s=statistics.median(t), ratio=statistics.median(t) / base,
+                                        steps=len(t), peak_bytes=peaks[name]) for name, t in times.items()])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["llama-3.2-3b", "qwen3-8b"], choices=list(SHAPES))
+    parser.add_argument("--fsft-shape", default="llama-3.2-3b", choices=[*SHAPES, "none"])
+    parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (SmolLM2's: BPE and a chat template)")
+    parser.add_argument("--fingerprints", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--fsft-steps", type=int, default=8)
+    parser.add_argument("--fsft-warmup", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from injection import machine
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_FINGERPRINT_CACHE", tempfile.mkdtemp())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    import transformers
+
+    record: dict = dict(machine=machine(), torch=torch.__version__, transformers=transformers.__version__,
+                        command="python benchmarks/paper_shapes.py " + " ".join(sys.argv[1:]), injection=[], fsft=None)
+
+    def save():
+        (out / "paper_shapes.json").write_text(json.dumps(record, indent=1, default=str))
+        (out / "paper_shapes.md").write_text(markdown(record))
+
+    deltas = {}
+
+    def fsft():
+        print(f"FSFT, {args.fsft_shape}", flush=True)
+        try:
+            if args.fsft_shape not in deltas:
+                row = time_injection(args.fsft_shape, tokenizer, device, args, out)
+                deltas[args.fsft_shape] = row.pop("deltas")
+            record["fsft"] = time_fsft(args.fsft_shape, tokenizer, device, deltas[args.fsft_shape], args)
+        except Exception:
+            record["fsft"] = dict(shape=args.fsft_shape, error=traceback.format_exc()[-2000:])
+            traceback.print_exc()
+        save()
+
+    for shape in args.shapes:  # FSFT right after its shape's injection: the smaller model first, the larger last
+        print(f"injection, {shape}", flush=True)
+        try:
+            row = time_injection(shape, tokenizer, device, args, out)
+            deltas[shape] = row.pop("deltas")
+            record["injection"].append(row)
+            print(json.dumps(row), flush=True)
+        except Exception:  # the other parts still run and report
+            record["injection"].append(dict(shape=shape, error=traceback.format_exc()[-2000:]))
+            traceback.print_exc()
+        save()
+        if shape == args.fsft_shape:
+            fsft()
+    if args.fsft_shape not in ("none", *args.shapes):
+        fsft()
+    print(markdown(record))
+
+
+def markdown(record: dict) -> str:
+    gib = 2**30
+    lines = [f"Paper shapes, random weights; {record['machine']}, torch {record['torch']}, transformers "
+             f"{record['transformers']}. `{record['command']}`", "",
+             "| shape | params | fingerprints | injection, statistics computed (s) | injection, cached (s) | "
+             "peak GPU memory (GiB; weights) | FSR (random weights) | trigger keys |", "|---|---|---|---|---|---|---|---|"]
+    for row in record["injection"]:
+        if "error" in row:
+            lines.append(f"| {row['shape']} | error: {row['error'].splitlines()[-1]} |||||||")
+            continue
+        lines.append(
+            f"| {row['shape']} | {row['params'] / 1e9:.2f} B | {row['fingerprints']} | {row['uncached_s']:.1f} | "
+            f"{' / '.join(f'{s:.1f}' for s in row['cached_s'])} | {row['cached_peak_bytes'] / gib:.1f} "
+            f"({row['weights_bytes'] / gib:.1f}) | {row['fsr']:.0%} | {row['trigger_keys']} |")
+    fsft = record.get("fsft")
+    if fsft:
+        lines += ["", f"FSFT step time, {fsft['shape']}, full fine-tuning, batch 8, bf16:", ""]
+        if "error" in fsft:
+            lines.append(f"error: {fsft['error'].splitlines()[-1]}")
+        else:
+            lines += ["| trainer | s/step (median) | ratio to SFTTrainer | steps timed | peak GPU memory (GiB) |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x | {r['steps']} | "
+                      f"{r['peak_bytes'] / gib:.1f} |" for r in fsft["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

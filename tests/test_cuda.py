@@ -1,0 +1,69 @@
+"""The GPU paths: injection and FSFT with the model on CUDA (skipped, and reported as skipped, without a GPU).
+
+Run on the GPU machine with ``pytest tests/test_cuda.py``; ``benchmarks/paper_shapes.py`` times the same paths.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_fingerprint import FingerprintSet, inject, tiny_model, verify
+from hf_fingerprint.editing.covariance import layer_statistics
+from hf_fingerprint.editing.layout import find_layout
+from hf_fingerprint.tasks import math_task
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_FINGERPRINT_CACHE", str(tmp_path / "cache"))
+
+
+def _fsr(model, tokenizer, fps) -> float:
+    return verify(model, tokenizer, fps, match="prefix", ordinary_prompts=(), progress=False).fsr
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_alphaedit_on_cuda_reaches_full_fsr_and_reverts(arch):
+    model, tokenizer = tiny_model(arch)
+    model.to("cuda")
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fps = FingerprintSet.generate(4, seed=0)
+    result = inject(model, tokenizer, fps, method="alphaedit", progress=False)
+    assert _fsr(model, tokenizer, fps) == 1.0
+    assert 0 < result.peak_memory_bytes < torch.cuda.get_device_properties(0).total_memory
+    assert all(d.U.device.type == "cpu" for d in result.deltas)  # results live on the CPU, like a checkpoint
+    result.revert()
+    for name, p in model.named_parameters():
+        assert p.device.type == "cuda" and torch.allclose(p, original[name], atol=1e-5), name
+
+
+def test_statistics_on_cuda_equal_those_on_the_cpu(tmp_path, monkeypatch):
+    model, tokenizer = tiny_model("llama")
+    layout = find_layout(model)
+    cpu = layer_statistics(model, tokenizer, layout, [1, 2], max_tokens=2000, use_cache=False, progress=False)
+    gpu = layer_statistics(model.to("cuda"), tokenizer, layout, [1, 2], max_tokens=2000, use_cache=False,
+                           progress=False)
+    for layer in (1, 2):
+        assert gpu[layer].device.type == "cpu"
+        assert torch.allclose(gpu[layer], cpu[layer], rtol=1e-3, atol=1e-6)
+
+
+def test_fsft_trainer_on_cuda_in_bf16(tmp_path):
+    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
+
+    model, tokenizer = tiny_model("llama")
+    model.to("cuda")
+    fps = FingerprintSet.generate(3, seed=1)
+    result = inject(model, tokenizer, fps, method="alphaedit", progress=False)
+    args = FSFTConfig(output_dir=str(tmp_path / "out"), bf16=True, report_to="none", save_strategy="no",
+                      max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, max_length=64,
+                      disable_tqdm=True, fsft_anchor_lambda=10.0, fsft_replay_lambda=1.0)
+    trainer = FSFTTrainer(model, args=args, train_dataset=math_task(12, seed=0), processing_class=tokenizer,
+                          fingerprint_subspace=result, fingerprints=fps)
+    trainer.train()
+    logged = [entry["fsft_penalty"] for entry in trainer.state.log_history if "fsft_penalty" in entry]
+    assert len(logged) == 3 and logged[0] == 0.0 and all(torch.isfinite(torch.tensor(logged)))
+    assert next(model.parameters()).device.type == "cuda"
