@@ -249,9 +249,11 @@ def test_downstream_noise_has_its_stated_size_and_leaves_the_model_as_it_was():
     from hf_fingerprint.editing.tracing import _DownstreamNoise
 
     model, tokenizer = tiny_model("llama")
-    modules = [model.model.layers[3].mlp.down_proj, model.model.layers[3].self_attn.q_proj]
+    modules = [model.model.layers[3].mlp.down_proj, model.model.layers[3].self_attn.q_proj,
+               model.model.layers[4].self_attn.q_proj]  # the two q_proj are drawn in one batch
     noise = _DownstreamNoise(modules, scale=0.1, rank=2, seed=0)
     noise.resample()
+    changes = []
     for module in modules:
         eye = torch.eye(module.in_features)
         with torch.no_grad():
@@ -261,6 +263,11 @@ def test_downstream_noise_has_its_stated_size_and_leaves_the_model_as_it_was():
         change = (perturbed - plain).T  # dW, out x in
         assert torch.linalg.matrix_rank(change) == 2
         assert torch.isclose(change.norm(), 0.1 * module.weight.norm(), rtol=1e-4)
+        changes.append(change / module.weight.norm())
+    assert not torch.allclose(changes[1], changes[2], atol=1e-3)  # independent draws
+    first = noise.factors
+    noise.resample()
+    assert not torch.equal(first[0][0], noise.factors[0][0])  # fresh at every resample
     assert all(not m._forward_hooks for m in modules)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     fps = FingerprintSet.generate(4, seed=0)

@@ -250,21 +250,31 @@ class _DownstreamNoise:
     def __init__(self, modules: Sequence[torch.nn.Linear], scale: float, rank: int, seed: int):
         self.modules = list(modules)
         self.scale, self.rank = float(scale), int(rank)
-        self.norms = [m.weight.detach().float().norm() for m in self.modules]
         # Drawn where the weights live: on a GPU, drawing on the CPU and copying over costs more than the step.
         self.device = self.modules[0].weight.device if self.modules else torch.device("cpu")
         self.generator = torch.Generator(self.device).manual_seed(seed)
+        # Modules of one shape are drawn together (a handful of batched calls instead of several per module).
+        groups: dict[tuple, list[int]] = {}
+        for index, module in enumerate(self.modules):
+            groups.setdefault((tuple(module.weight.shape), module.weight.device, module.weight.dtype), []).append(index)
+        self.groups = [(key, members, torch.stack([self.modules[i].weight.detach().float().norm().to(self.device)
+                                                   for i in members]))
+                       for key, members in groups.items()]
         self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def resample(self) -> None:
-        self.factors = []
-        for module, norm in zip(self.modules, self.norms):
-            out_features, in_features = module.weight.shape
-            A = torch.randn(self.rank, in_features, generator=self.generator, device=self.device)
-            B = torch.randn(out_features, self.rank, generator=self.generator, device=self.device)
-            size = torch.sqrt(torch.trace((B.T @ B) @ (A @ A.T)))  # |B A|_F without forming B A
-            A = (A * (self.scale * norm.to(self.device) / size)).to(module.weight.device, module.weight.dtype)
-            self.factors.append((A, B.to(module.weight.device, module.weight.dtype)))
+        factors: list = [None] * len(self.modules)
+        for ((out_features, in_features), device, dtype), members, norms in self.groups:
+            n = len(members)
+            A = torch.randn(n, self.rank, in_features, generator=self.generator, device=self.device)
+            B = torch.randn(n, out_features, self.rank, generator=self.generator, device=self.device)
+            # |B A|_F^2 = trace(B^T B A A^T) without forming B A (both factors symmetric: a sum of products)
+            size = ((B.transpose(1, 2) @ B) * (A @ A.transpose(1, 2))).sum((1, 2)).sqrt()
+            A = (A * (self.scale * norms / size)[:, None, None]).to(device, dtype)
+            B = B.to(device, dtype)
+            for j, index in enumerate(members):
+                factors[index] = (A[j], B[j])
+        self.factors = factors
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -276,6 +286,16 @@ class _DownstreamNoise:
 
         with _hooks([m.register_forward_hook(hook(i)) for i, m in enumerate(self.modules)]):
             yield
+
+
+def _sharing_copy(cache: Any) -> Any:
+    """A copy of a KV cache whose layers share the cached tensors: an update replaces a layer's tensors (``cat``)
+    and never writes into them, so the original stays as it was, and a step costs no copy of the prefix."""
+    if not hasattr(cache, "layers"):
+        return copy.deepcopy(cache)
+    fresh = copy.copy(cache)
+    fresh.layers = [copy.copy(layer) for layer in cache.layers]
+    return fresh
 
 
 @contextlib.contextmanager
@@ -317,14 +337,23 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
         hidden[rows, local_key] = hidden[rows, local_key] + delta.to(hidden.dtype)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
+    # The logit at position t predicts token t + 1; batches are left-padded, so every answer sits in the last
+    # ``keep`` positions and the LM head (a quarter of a small model's forward) runs on those alone.
+    label_mask = batch.answer_mask[:, tail][:, 1:]
+    labels = batch.labels[:, tail][:, 1:].clamp(min=0)
+    first = int(label_mask.any(0).nonzero()[0])
+    label_mask, labels = label_mask[:, first:], labels[:, first:]
+    keep = label_mask.shape[1] + 1
+
     def run_tail():
-        cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
+        cache = _sharing_copy(prefix_cache) if prefix_cache is not None else None
         return model(
             input_ids=batch.input_ids[:, tail],
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids[:, tail],
             past_key_values=cache,
             use_cache=cache is not None,
+            logits_to_keep=keep,
         ).logits.float()
 
     prefix_cache = None
@@ -352,9 +381,6 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
         delta = torch.zeros_like(h, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=lr)
         max_norm = clamp_factor * h.norm(dim=-1, keepdim=True)
-        # The logit at position t predicts token t + 1.
-        label_mask = batch.answer_mask[:, tail][:, 1:]
-        labels = batch.labels[:, tail][:, 1:].clamp(min=0)
         def answer_nll() -> torch.Tensor:
             logits = run_tail()[:, :-1]
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
