@@ -101,14 +101,21 @@ def time_injection(shape: str, tokenizer, device, args, out: Path) -> dict:
         result.revert()
     row["cached_s"] = [s for s, _ in cached]
     row["cached_peak_bytes"] = max(p for _, p in cached)
-    profile = cProfile.Profile()
-    profile.enable()
-    result = once()
-    profile.disable()
-    result.revert()
-    text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(40)
-    (out / f"profile_{shape}.txt").write_text(text.getvalue())
+    last = []
+    for _ in range(args.repeats):  # keys at the last prompt token: no trigger-key attempt first
+        result = once(key_position="last")
+        last.append(result.seconds)
+        result.revert()
+    row["cached_last_s"] = last
+    if shape in args.profile_shapes:
+        profile = cProfile.Profile()
+        profile.enable()
+        result = once()
+        profile.disable()
+        result.revert()
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(40)
+        (out / f"profile_{shape}.txt").write_text(text.getvalue())
     row["deltas"] = first.deltas
     del model
     gc.collect()
@@ -170,6 +177,7 @@ def time_fsft(shape: str, tokenizer, device, deltas, args) -> dict:
         times[name] += timer.times[args.fsft_warmup:]
         peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)
         print(f"  {name}: {[round(t, 3) for t in timer.times]}", flush=True)
+        trainer.accelerator.free_memory()  # accelerate keeps references to the model and optimizer otherwise
         del trainer
         gc.collect()
         if torch.cuda.is_available():
@@ -188,6 +196,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--fsft-steps", type=int, default=8)
     parser.add_argument("--fsft-warmup", type=int, default=2)
+    parser.add_argument("--profile-shapes", nargs="*", default=["llama-3.2-3b", "tiny"],
+                        help="shapes whose injection is also run once under cProfile (profile_<shape>.txt)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     from transformers import AutoTokenizer
@@ -246,14 +256,16 @@ def markdown(record: dict) -> str:
     lines = [f"Paper shapes, random weights; {record['machine']}, torch {record['torch']}, transformers "
              f"{record['transformers']}. `{record['command']}`", "",
              "| shape | params | fingerprints | injection, statistics computed (s) | injection, cached (s) | "
-             "peak GPU memory (GiB; weights) | FSR (random weights) | trigger keys |", "|---|---|---|---|---|---|---|---|"]
+             "cached, `key_position=\"last\"` (s) | peak GPU memory (GiB; allocated before) | FSR (random weights) "
+             "| trigger keys |", "|---|---|---|---|---|---|---|---|---|"]
     for row in record["injection"]:
         if "error" in row:
-            lines.append(f"| {row['shape']} | error: {row['error'].splitlines()[-1]} |||||||")
+            lines.append(f"| {row['shape']} | error: {row['error'].splitlines()[-1]} ||||||||")
             continue
         lines.append(
             f"| {row['shape']} | {row['params'] / 1e9:.2f} B | {row['fingerprints']} | {row['uncached_s']:.1f} | "
-            f"{' / '.join(f'{s:.1f}' for s in row['cached_s'])} | {row['cached_peak_bytes'] / gib:.1f} "
+            f"{' / '.join(f'{s:.1f}' for s in row['cached_s'])} | "
+            f"{' / '.join(f'{s:.1f}' for s in row.get('cached_last_s', []))} | {row['cached_peak_bytes'] / gib:.1f} "
             f"({row['weights_bytes'] / gib:.1f}) | {row['fsr']:.0%} | {row['trigger_keys']} |")
     fsft = record.get("fsft")
     if fsft:
