@@ -117,7 +117,8 @@ def time_injection(shape: str, tokenizer, device, args, out: Path) -> dict:
         pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(40)
         (out / f"profile_{shape}.txt").write_text(text.getvalue())
     row["deltas"] = first.deltas
-    del model
+    del first, result, once
+    model = None  # noqa: F841  (free the weights before emptying the cache)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
