@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import resource
 import shutil
@@ -22,6 +23,8 @@ from .context import EditContext
 from .delta import EditDelta, merge_deltas
 from .layout import find_layout, validate_layers
 from .tracing import build_prompts
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("alphaedit", "memit", "rome", "rledit", "sft")
 ADAPTER_METADATA = "fingerprint_adapter.json"
@@ -269,6 +272,8 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
     trigger_keyed = [i for i, k in enumerate(requests.key_index) if k != len(requests.ids[i]) - 1]
     ok = answering()
     pending = [i for i in trigger_keyed if i not in ok]
+    logger.info("auto keys: %d of %d trigger-keyed fingerprints answer after the first edit", len(trigger_keyed) - len(pending),
+                len(trigger_keyed))
     moved = set()
     for _ in range(int(context.options.get("fallback_rounds", 3))):
         if not pending:
@@ -292,6 +297,8 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
             break
         deltas = [*deltas, *new]
         moved |= set(pending) & now
+        logger.info("auto keys: a last-token round for %d fingerprints; %d of %d answer now", len(pending), len(now),
+                    len(fps))
         ok, pending = now, [i for i in pending if i not in now]
     context.options["trigger_keys"] -= len(moved)
     context.options["last_token_keys"] = len(fps) - context.options["trigger_keys"]

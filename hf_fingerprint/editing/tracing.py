@@ -395,7 +395,10 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
                 per_row = answer_nll()
             loss = per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
             state["loss"] = per_row.detach()
-            if step == steps or per_row.max().item() < stop_loss:  # the last pass only measures
+            worst = per_row.max().item()
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("target values, step %d: answer NLL max %.4f, mean %.4f", step, worst, per_row.mean().item())
+            if step == steps or worst < stop_loss:  # the last pass only measures
                 break
             optimizer.zero_grad()
             loss.backward()
