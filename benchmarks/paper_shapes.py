@@ -201,6 +201,9 @@ def main() -> None:
                         help="shapes whose injection is also run once under cProfile (profile_<shape>.txt)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
+    if not (Path(args.tokenizer) / "tokenizer_config.json").is_file():
+        parser.error(f"--tokenizer {args.tokenizer}: no tokenizer_config.json there (copy SmolLM2's tokenizer files "
+                     "from the folder hf_fingerprint.load_model caches it in)")
     from transformers import AutoTokenizer
 
     sys.path.insert(0, str(Path(__file__).parent))

@@ -158,6 +158,16 @@ def test_null_space_basis_is_cached_beside_the_statistics(tmp_path, monkeypatch)
     second = inject(model, tokenizer, fps, method="alphaedit", progress=False)  # read from disk this time
     for a, b in zip(first.deltas, second.deltas):
         assert torch.allclose(a.dense(), b.dense(), atol=1e-5)
+    second.revert()
+    # a damaged cache file is recomputed and replaced, not a crash
+    damaged = bases[first.layers[0]]
+    damaged.write_bytes(b"not a tensor")
+    stats[first.layers[1]].write_bytes(b"")
+    third = inject(model, tokenizer, fps, method="alphaedit", progress=False)
+    for a, b in zip(first.deltas, third.deltas):
+        assert torch.allclose(a.dense(), b.dense(), atol=1e-5)
+    assert torch.allclose(torch.load(damaged), range_basis(torch.load(stats[first.layers[0]]), 0.5))
+    assert torch.load(stats[first.layers[1]]).shape == torch.load(stats[first.layers[0]]).shape
 
 
 def test_inject_command(tmp_path):

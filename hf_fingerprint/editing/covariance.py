@@ -71,16 +71,25 @@ def statistics_folder(model: Any, tokenizer: Any, *, corpus: Any = None, module:
     return cache_dir() / "stats" / key, texts
 
 
+def _save_atomically(value: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(value.cpu(), tmp)
+    tmp.replace(path)
+
+
 def cached_tensor(path: Path, make: Callable[[], torch.Tensor], *, use_cache: bool = True) -> torch.Tensor:
-    """``torch.load(path)`` when it is there, else ``make()`` saved to ``path`` (atomically) on the CPU."""
+    """``torch.load(path)`` when it is there, else ``make()`` saved to ``path`` (atomically) on the CPU.
+
+    An unreadable cache file (truncated, tampered) is recomputed and replaced, with a warning."""
     if use_cache and path.exists():
-        return torch.load(path, weights_only=True)
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as error:  # a cache: recompute rather than fail
+            logger.warning("Recomputing the unreadable cache file %s (%s).", path, type(error).__name__)
     value = make()
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(value.cpu(), tmp)
-        tmp.replace(path)
+        _save_atomically(value, path)
     return value
 
 
@@ -109,9 +118,13 @@ def layer_statistics(
     missing = []
     for layer in layers:
         path = folder / f"layer{layer}.pt"
-        if use_cache and path.exists():
-            result[layer] = torch.load(path, weights_only=True)
-        else:
+        try:
+            result[layer] = torch.load(path, weights_only=True) if use_cache and path.exists() else None
+        except Exception as error:  # a cache: recompute rather than fail
+            logger.warning("Recomputing the unreadable cache file %s (%s).", path, type(error).__name__)
+            result[layer] = None
+        if result[layer] is None:
+            del result[layer]
             missing.append(layer)
     if not missing:
         return result
@@ -159,13 +172,9 @@ def layer_statistics(
         bar.close()
         for handle in handles:
             handle.remove()
-    if use_cache:
-        folder.mkdir(parents=True, exist_ok=True)
     for layer in missing:
         stat = (sums.pop(layer) / max(1, counted["tokens"])).float().cpu()
         result[layer] = stat
         if use_cache:
-            tmp = folder / f".layer{layer}.pt.tmp"
-            torch.save(stat, tmp)
-            tmp.replace(folder / f"layer{layer}.pt")
+            _save_atomically(stat, folder / f"layer{layer}.pt")
     return result
