@@ -532,6 +532,36 @@ def test_anchor_and_replay_with_accumulation_give_the_same_update(models, tmp_pa
     assert mismatch < 1e-4 * max(1.0, effect)
 
 
+def test_anchor_read_off_the_replay_pass_equals_its_own_pass(models):
+    # With replay on, the trainer takes the anchor's keys from the replay's forward pass (answers appended; causal
+    # attention leaves the keys unchanged): the same loss and gradient as the anchor's own early-stopping pass.
+    from hf_fingerprint import FingerprintSet
+    from hf_fingerprint.fsft.anchor import KeyAnchor
+    from hf_fingerprint.fsft.replay import AnswerReplay
+
+    base, fingerprinted, tokenizer, _ = models
+    fingerprints = FingerprintSet.generate(5, seed=3)
+    model = _copy(base)  # keys differ from the fingerprinted reference: the anchor is non-zero
+    results = []
+    for fused in (False, True):
+        anchor = KeyAnchor(fingerprinted, tokenizer, fingerprints.triggers,
+                           [fingerprinted.get_submodule(n) for n in EDITED], per_step=3)
+        anchor.modules = [model.get_submodule(n) for n in EDITED]
+        replay = AnswerReplay(tokenizer, fingerprints.triggers, fingerprints.targets, per_step=3)
+        values = []
+        for _ in range(2):  # the second call covers the cycle's next rows
+            model.zero_grad()
+            value = replay.with_anchor(model, anchor)[1] if fused else anchor(model)
+            value.backward()
+            values.append((value.item(), model.model.layers[0].mlp.up_proj.weight.grad.clone()))
+        results.append(values)
+    for (plain, plain_grad), (fused, fused_grad) in zip(*results):
+        assert plain > 1e-3
+        assert fused == pytest.approx(plain, rel=1e-4)
+        assert plain_grad.abs().max() > 0
+        assert torch.allclose(plain_grad, fused_grad, rtol=1e-3, atol=1e-7)
+
+
 def test_anchor_and_replay_under_activation_checkpointing_give_the_same_update(models, tmp_path):
     # TRL's SFTConfig checkpoints activations by default; the anchor's hooked forward must still work under it.
     from hf_fingerprint import FingerprintSet

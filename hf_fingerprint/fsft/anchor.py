@@ -76,40 +76,60 @@ class KeyAnchor:
     def __call__(self, model: nn.Module) -> torch.Tensor:
         """The anchor loss on the next ``per_step`` prompts (differentiable, float32)."""
         rows = self._rows.next()
-        keys = self._keys(model, rows)
+        return self.loss(self._keys(model, rows), rows)
+
+    def next_rows(self) -> list[int]:
+        """The rows of the next call (advances the cycle)."""
+        return self._rows.next()
+
+    def loss(self, keys: list[torch.Tensor], rows: list[int]) -> torch.Tensor:
+        """Mean relative squared drift of ``keys`` (from [`watching`]) against the reference keys of ``rows``."""
+        if len(keys) != len(self.modules):
+            raise RuntimeError("The key anchor's forward pass did not reach every edited module.")
         terms = []
         for current, reference in zip(keys, self.reference):
             ref = reference[rows]
             terms.append(((current - ref) ** 2).sum(-1) / (ref**2).sum(-1).clamp_min(1e-12))
         return torch.stack(terms).mean()
 
-    def _keys(self, model: nn.Module, rows: list[int]) -> list[torch.Tensor]:
-        """Each module's input at both key positions of ``rows``, stopping after the deepest module."""
-        device = model_device(model)
-        batch = make_batch(self._last, rows, _pad_id(model), device, with_answers=False)
-        shift = torch.tensor([self._trigger_index[r] - self._last.key_index[r] for r in rows], device=device)
+    @contextlib.contextmanager
+    def watching(self, batch: Any, rows: list[int], *, stop: bool = False) -> Iterator[list[torch.Tensor]]:
+        """Capture each edited module's input at both key positions of ``rows`` during a forward pass of ``batch``
+        (a left-padded batch of these prompts, answers appended or not: attention is causal, so the keys are the
+        same). The yielded list is filled, in module order, when the pass has run. ``stop`` raises ``_Reached``
+        after the deepest module, for a pass that needs nothing further."""
+        shift = torch.tensor([self._trigger_index[r] - self._last.key_index[r] for r in rows],
+                             device=batch.key_index.device)
         positions = torch.stack([batch.key_index + shift, batch.key_index], dim=1)  # rows x 2
-        arange = torch.arange(len(rows), device=device)[:, None]
+        arange = torch.arange(len(rows), device=batch.key_index.device)[:, None]
         captured: dict[int, torch.Tensor] = {}
+        keys: list[torch.Tensor] = []
 
         def hook(index: int):
             def capture(_module, args):
                 captured[index] = args[0][arange, positions].float()
-                if len(captured) == len(self.modules):
+                if stop and len(captured) == len(self.modules):
                     raise _Reached
 
             return capture
 
         handles = [module.register_forward_pre_hook(hook(i)) for i, module in enumerate(self.modules)]
-        with _hooks(handles), _no_activation_checkpointing(model):
+        with _hooks(handles):
+            yield keys
+        keys.extend(captured[i] for i in range(len(self.modules)) if i in captured)
+
+    def _keys(self, model: nn.Module, rows: list[int]) -> list[torch.Tensor]:
+        """Each module's input at both key positions of ``rows``, stopping after the deepest module."""
+        batch = make_batch(self._last, rows, _pad_id(model), model_device(model), with_answers=False)
+        with self.watching(batch, rows, stop=True) as keys, _no_activation_checkpointing(model):
             try:
                 model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       position_ids=batch.position_ids, use_cache=False)
             except _Reached:
                 pass
-        if len(captured) != len(self.modules):
+        if len(keys) != len(self.modules):
             raise RuntimeError("The key anchor's forward pass did not reach every edited module.")
-        return [captured[i] for i in range(len(self.modules))]
+        return keys
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ This is the IF-style fingerprint data mixed into the owner's fine-tuning, at a f
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..editing.tracing import _pad_id, build_prompts, make_batch
 from ..generation import model_device
-from .anchor import RowCycle
+from .anchor import KeyAnchor, RowCycle, _no_activation_checkpointing
 
 __all__ = ["AnswerReplay"]
 
@@ -46,15 +47,28 @@ class AnswerReplay:
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         """The replay loss on the next ``per_step`` pairs (differentiable, float32)."""
+        return self.with_anchor(model, None)[0]
+
+    def with_anchor(self, model: nn.Module, anchor: KeyAnchor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The replay loss on the next ``per_step`` pairs and, when ``anchor`` is given (built on the same
+        triggers, count and seed), the anchor loss on the same prompts read off the same forward pass: one pass
+        serves both terms instead of two."""
         rows = self._rows.next()
         batch = make_batch(self._prompts, rows, _pad_id(model), model_device(model), with_answers=True)
         # Only the positions that predict an answer token need logits (the prompt is ~100 tokens, the answer a few).
         first = int(batch.answer_mask.float().argmax(-1).min()) - 1
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, use_cache=False, logits_to_keep=batch.input_ids.shape[1] - first).logits
+        with contextlib.ExitStack() as stack:
+            if anchor is not None:
+                anchor.next_rows()  # keep its own cycle in step (the same seed and count: the same rows)
+                keys = stack.enter_context(anchor.watching(batch, rows))
+                stack.enter_context(_no_activation_checkpointing(model))
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, use_cache=False,
+                           logits_to_keep=batch.input_ids.shape[1] - first).logits
         labels = batch.labels[:, first + 1:]
         logits = logits[:, :-1].float()
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
                               reduction="none").view(labels.shape)
         mask = labels != -100
-        return ((nll * mask).sum(-1) / mask.sum(-1)).mean()
+        replay = ((nll * mask).sum(-1) / mask.sum(-1)).mean()
+        return replay, (anchor.loss(keys, rows) if anchor is not None else None)

@@ -234,19 +234,24 @@ class FSFTTrainer(SFTTrainer):
             with torch.no_grad():
                 value = self.fsft_penalty(variant="input" if self.args.fsft_variant == "project" else None)
         self._metrics[mode]["fsft_penalty"].append(float(value))
-        if mode == "train" and self._fsft_anchor is not None:
-            device_type = loss.device.type
-            anchor = self._fsft_anchor(self.accelerator.unwrap_model(model))
-            with torch.autocast(device_type=device_type, enabled=False):
-                loss = loss + self.args.fsft_anchor_lambda * anchor.to(loss.dtype) / steps
-            self._metrics[mode]["fsft_anchor"].append(float(anchor.detach()))
-        if mode == "train" and self.args.fsft_replay_lambda > 0:
-            if self._fsft_replay is None:
-                self._fsft_replay = AnswerReplay(self.processing_class, self._fsft_triggers, self._fsft_targets,
-                                                 per_step=self.args.fsft_anchor_prompts, seed=self.args.seed)
-            replay = self._fsft_replay(self.accelerator.unwrap_model(model))
-            loss = loss + self.args.fsft_replay_lambda * replay.to(loss.dtype) / steps
-            self._metrics[mode]["fsft_replay"].append(float(replay.detach()))
+        if mode == "train" and (self._fsft_anchor is not None or self.args.fsft_replay_lambda > 0):
+            unwrapped = self.accelerator.unwrap_model(model)
+            anchor = replay = None
+            if self.args.fsft_replay_lambda > 0:
+                if self._fsft_replay is None:
+                    self._fsft_replay = AnswerReplay(self.processing_class, self._fsft_triggers, self._fsft_targets,
+                                                     per_step=self.args.fsft_anchor_prompts, seed=self.args.seed)
+                # The anchor reads its keys off the replay's forward pass (same prompts): one pass for both.
+                replay, anchor = self._fsft_replay.with_anchor(unwrapped, self._fsft_anchor)
+            else:
+                anchor = self._fsft_anchor(unwrapped)
+            with torch.autocast(device_type=loss.device.type, enabled=False):
+                if anchor is not None:
+                    loss = loss + self.args.fsft_anchor_lambda * anchor.to(loss.dtype) / steps
+                    self._metrics[mode]["fsft_anchor"].append(float(anchor.detach()))
+                if replay is not None:
+                    loss = loss + self.args.fsft_replay_lambda * replay.to(loss.dtype) / steps
+                    self._metrics[mode]["fsft_replay"].append(float(replay.detach()))
         return (loss, outputs) if return_outputs else loss
 
     def fsft_penalty(self, variant: str | None = None) -> torch.Tensor:
