@@ -15,7 +15,8 @@ run, so an interrupted study keeps what it measured.
 Variants: ``NAME=METHOD[:KEY=VALUE,...]`` (values are JSON, else strings), e.g. ``sft=sft:max_steps=60``.
 Fine-tuning settings: ``full:LR`` or ``lora:LR`` with optional ``:fsft=LAMBDA`` (and ``:variant=project`` etc.,
 the FSFT penalty's form; ``:anchor=LAMBDA`` adds the key anchor,
-``:replay=LAMBDA`` the answer replay), ``:task=instruction``,
+``:replay=LAMBDA`` the answer replay, ``:prompts=N`` their fingerprint prompts per step, default 2),
+``:task=instruction``,
 ``:steps=N`` (instead of ``--steps``) and ``:only=NAME`` (one variant only).
 """
 
@@ -45,13 +46,13 @@ def parse_finetune(text: str) -> dict:
     if mode not in ("full", "lora"):
         raise SystemExit(f"--finetune {text}: the mode is 'full' or 'lora'")
     spec = {"label": text, "lora": mode == "lora", "lr": float(lr), "fsft": None, "variant": "input", "anchor": None, "replay": None,
-            "task": "math",
+            "prompts": None, "task": "math",
             "steps": None, "only": None}
     for item in extra:
         key, value = item.split("=", 1)
         if key not in spec:
-            raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, variant, anchor, replay, task, steps, only)")
-        spec[key] = float(value) if key in ("fsft", "anchor", "replay") else int(value) if key == "steps" else value
+            raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, variant, anchor, replay, prompts, task, steps, only)")
+        spec[key] = float(value) if key in ("fsft", "anchor", "replay") else int(value) if key in ("steps", "prompts") else value
     spec["label"] = ":".join(part for part in text.split(":") if not part.startswith("only="))
     return spec
 
@@ -142,6 +143,8 @@ def main() -> None:
                     if spec["fsft"] is None:
                         raise SystemExit(f"--finetune {spec['label']}: {key}= is part of FSFT; give fsft= too (0 for "
                                          f"{key} only)")
+            if spec["prompts"] is not None:
+                anchor["fsft_anchor_prompts"] = spec["prompts"]
             started = time.perf_counter()
             tuned = finetune(model, tokenizer, spec["task"], steps=steps, lr=spec["lr"], lora=spec["lora"],
                      batch_size=args.batch_size, fsft_subspace=result if spec["fsft"] is not None else None,
