@@ -209,6 +209,8 @@ def test_default_injection_on_smollm(smollm, monkeypatch):
     assert result.options["trigger_keys"] >= 5  # a real model's attention carries the edit from the trigger
     report = verify(model, tokenizer, fps, progress=False)
     assert report.significant(1e-6)
+    # inject returned the auto-key step's own check of the edited model: what a fresh verification says
+    assert [o.matched for o in result.report.outcomes] == [o.matched for o in report.outcomes]
     result.revert()
     assert verify(model, tokenizer, fps, ordinary_prompts=(), progress=False).fsr == 0
 
@@ -328,9 +330,10 @@ def test_auto_fallback_round_that_breaks_fingerprints_is_undone():
         again.apply(delta)
         return [delta]
 
-    deltas = _edit_misses_at_last_token(context, SimpleNamespace(edit=harmful_edit), [], fps, [])
+    deltas, report = _edit_misses_at_last_token(context, SimpleNamespace(edit=harmful_edit), [], fps, [])
     assert calls == [len(fps)]  # every trigger-keyed miss was tried once at the last token...
     assert deltas == []  # ...and the round, which made nothing answer, was undone
+    assert report is None  # so its report is not the model's: inject verifies afresh
     for name, value in model.named_parameters():
         assert torch.allclose(value, original[name], atol=1e-5), name
     assert context.options["trigger_keys"] == len(fps) and context.options["last_token_keys"] == 0

@@ -157,7 +157,8 @@ def inject(
 
     Method options (all optional): ``mom2_weight`` (MEMIT lambda, 100), ``alpha`` and ``nullspace_threshold``
     (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10); target values
-    ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys;
+    ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys: each prompt's vector stops once its answer NLL is below
+    the stop loss;
     25, 0.5, 4, 0.05 for ``"last"``); ``drift_samples`` and ``drift_scale`` (0, 0.02: also solve for the keys
     of randomly perturbed copies of the upstream weights); ``value_noise`` and ``value_noise_rank`` (0.1,
     16: optimise the target values under random rank-16 perturbations of every linear layer after the edited
@@ -202,8 +203,9 @@ def inject(
     model.eval()
     try:
         deltas = editor.edit(context)
+        checked = None  # the verification report of the model as it is now, when the auto-key step made one
         if key_position == "auto" and context.options.get("trigger_keys"):
-            deltas = _edit_misses_at_last_token(context, editor, deltas, fps, preserve_texts)
+            deltas, checked = _edit_misses_at_last_token(context, editor, deltas, fps, preserve_texts)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - started
@@ -224,8 +226,8 @@ def inject(
     if verify_after:
         from ..verification import verify
 
-        result.report = verify(model, tokenizer, fps, ordinary_prompts=(), system_prompt=system_prompt,
-                               progress=progress)
+        result.report = checked or verify(model, tokenizer, fps, ordinary_prompts=(), system_prompt=system_prompt,
+                                          progress=progress)
         result.fsr = result.report.fsr
     return result
 
@@ -251,22 +253,25 @@ def _peak_rss() -> int:
 
 
 def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[EditDelta], fps: FingerprintSet,
-                               preserve_texts: list[str]) -> list[EditDelta]:
+                               preserve_texts: list[str]) -> tuple[list[EditDelta], Any]:
     """``key_position="auto"``, second step: fingerprints whose trigger-keyed edit does not make the model answer
     are edited again, keyed at the last prompt token, on top of the first edit, for up to ``fallback_rounds``
     (3) rounds (one delta per module in the end).
 
     Every fingerprint is checked after each round, since a last-token edit touches the position every prompt
     shares: the ones that answer are preserved by the next round, and a round that leaves fewer fingerprints
-    answering than before is undone and ends the step."""
+    answering than before is undone and ends the step. Returns the deltas and the verification report of the
+    model as it is left (None after an undone round: its weights are back only up to rounding)."""
     from ..verification import verify
 
     tokenizer, system_prompt = context.tokenizer, context.options.get("system_prompt")
 
+    last: dict[str, Any] = {}
+
     def answering() -> set[int]:
-        report = verify(context.model, tokenizer, fps, ordinary_prompts=(), system_prompt=system_prompt,
-                        progress=False)
-        return {o.index for o in report.outcomes if o.matched}
+        last["report"] = verify(context.model, tokenizer, fps, ordinary_prompts=(), system_prompt=system_prompt,
+                                progress=False)
+        return {o.index for o in last["report"].outcomes if o.matched}
 
     requests = context.requests
     trigger_keyed = [i for i, k in enumerate(requests.key_index) if k != len(requests.ids[i]) - 1]
@@ -294,6 +299,7 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
         if len(now) < len(ok) or not (now - ok):
             for delta in new:  # the round cost more than it gained: undo it
                 context.apply(delta, sign=-1.0)
+            last.clear()
             break
         deltas = [*deltas, *new]
         moved |= set(pending) & now
@@ -302,7 +308,7 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
         ok, pending = now, [i for i in pending if i not in now]
     context.options["trigger_keys"] -= len(moved)
     context.options["last_token_keys"] = len(fps) - context.options["trigger_keys"]
-    return merge_deltas(deltas)
+    return merge_deltas(deltas), last.get("report")
 
 
 def get_fingerprint_model(model: Any, tokenizer: Any, fingerprints: Any, **inject_options: Any) -> Any:
