@@ -339,13 +339,14 @@ def test_auto_fallback_round_that_breaks_fingerprints_is_undone():
     assert context.options["trigger_keys"] == len(fps) and context.options["last_token_keys"] == 0
 
 
-def test_a_row_that_reaches_the_stop_loss_keeps_its_vector_while_the_others_go_on():
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])  # gemma3: sliding-window cache layers
+def test_a_row_that_reaches_the_stop_loss_keeps_its_vector_while_the_others_go_on(arch):
     """Value optimisation stops each row once its answer NLL is below ``stop_loss``: a finished row's vector is
     the one it had at that step, and the other rows go on exactly as they would have."""
     from hf_fingerprint.editing import tracing
     from hf_fingerprint.editing.tracing import build_prompts, make_batch
 
-    model, tokenizer = tiny_model("llama")
+    model, tokenizer = tiny_model(arch)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
