@@ -157,8 +157,7 @@ def inject(
 
     Method options (all optional): ``mom2_weight`` (MEMIT lambda, 100), ``alpha`` and ``nullspace_threshold``
     (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10); target values
-    ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys: each prompt's vector stops once its answer NLL is below
-    the stop loss;
+    ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys;
     25, 0.5, 4, 0.05 for ``"last"``); ``drift_samples`` and ``drift_scale`` (0, 0.02: also solve for the keys
     of randomly perturbed copies of the upstream weights); ``value_noise`` and ``value_noise_rank`` (0.1,
     16: optimise the target values under random rank-16 perturbations of every linear layer after the edited

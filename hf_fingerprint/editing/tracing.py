@@ -298,58 +298,59 @@ def _sharing_copy(cache: Any) -> Any:
     return fresh
 
 
+@contextlib.contextmanager
+def _replaying(modules: Sequence[torch.nn.Module], outputs: Sequence[Any]) -> Iterator[None]:
+    """Each module returns its recorded output instead of computing it (its hooks still run)."""
+    saved = [m.__dict__.get("forward") for m in modules]
+    for module, output in zip(modules, outputs):
+        module.forward = lambda *_args, _output=output, **_kwargs: _output
+    try:
+        yield
+    finally:
+        for module, forward in zip(modules, saved):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
+
+
 def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss,
                     perturb: _DownstreamNoise | None = None, upstream: Sequence[torch.nn.Module] = ()):
     """Optimise one batch. The prompt before the earliest key position is run once into a KV cache; each
     step then runs only the key position onward (the prompt tail and the answer), so a step costs a few
     tokens per prompt instead of the whole prompt. The ``upstream`` layers (up to the edited one) do not see
-    the optimised vector, so their outputs on the tail are recorded once and replayed at every step. A row whose
-    answer NLL falls below ``stop_loss`` is done: its vector is kept and later steps run only the other rows."""
-    count = batch.input_ids.shape[0]
+    the optimised vector, so their outputs on the tail are recorded once and replayed at every step."""
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     prefix = int(batch.key_index.min())
     tail = slice(prefix, None)
-    state: dict[str, Any] = {}
+    local_key = batch.key_index - prefix
+    state: dict[str, torch.Tensor] = {}
     delta: torch.Tensor | None = None
-
-    # The logit at position t predicts token t + 1; batches are left-padded, so every answer sits in the last
-    # ``keep`` positions and the LM head (a quarter of a small model's forward) runs on those alone.
-    all_mask = batch.answer_mask[:, tail][:, 1:]
-    first = int(all_mask.any(0).nonzero()[0])
-    all_mask = all_mask[:, first:]
-    all_labels = batch.labels[:, tail][:, 1:].clamp(min=0)[:, first:]
-    keep = all_mask.shape[1] + 1
 
     def hook(_module, _args, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        view = state["view"]
         if "h" not in state:
-            state["h"] = hidden[view["arange"], view["key"]].detach().float()
+            state["h"] = hidden[rows, local_key].detach().float()
         if delta is None:
             return output
         hidden = hidden.clone()
-        hidden[view["arange"], view["key"]] = hidden[view["arange"], view["key"]] + delta[view["rows"]].to(hidden.dtype)
+        hidden[rows, local_key] = hidden[rows, local_key] + delta.to(hidden.dtype)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
-    def select(rows: torch.Tensor, recorded: Sequence[Any] | None) -> dict[str, Any]:
-        """The inputs, cache and recorded upstream outputs of ``rows`` alone."""
-        whole = len(rows) == count
-        pick = (lambda t: t) if whole else (lambda t: t.index_select(0, rows))
-        return dict(
-            rows=rows, arange=torch.arange(len(rows), device=rows.device), key=pick(batch.key_index) - prefix,
-            input_ids=pick(batch.input_ids[:, tail]), attention_mask=pick(batch.attention_mask),
-            position_ids=pick(batch.position_ids[:, tail]), labels=pick(all_labels), mask=pick(all_mask),
-            cache=None if prefix_cache is None else prefix_cache if whole else _cache_rows(prefix_cache, rows),
-            recorded=None if recorded is None else [_output_rows(o, rows) for o in recorded] if not whole
-            else list(recorded),
-        )
+    # The logit at position t predicts token t + 1; batches are left-padded, so every answer sits in the last
+    # ``keep`` positions and the LM head (a quarter of a small model's forward) runs on those alone.
+    label_mask = batch.answer_mask[:, tail][:, 1:]
+    labels = batch.labels[:, tail][:, 1:].clamp(min=0)
+    first = int(label_mask.any(0).nonzero()[0])
+    label_mask, labels = label_mask[:, first:], labels[:, first:]
+    keep = label_mask.shape[1] + 1
 
     def run_tail():
-        view = state["view"]
-        cache = _sharing_copy(view["cache"]) if view["cache"] is not None else None
+        cache = _sharing_copy(prefix_cache) if prefix_cache is not None else None
         return model(
-            input_ids=view["input_ids"],
-            attention_mask=view["attention_mask"],
-            position_ids=view["position_ids"],
+            input_ids=batch.input_ids[:, tail],
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids[:, tail],
             past_key_values=cache,
             use_cache=cache is not None,
             logits_to_keep=keep,
@@ -371,31 +372,19 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
             recorded[index] = output
         return fn
 
-    every = torch.arange(count, device=batch.input_ids.device)
-    state["view"] = select(every, None)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_hooks([layer_module.register_forward_hook(hook)]))
         with _hooks([m.register_forward_hook(record(i)) for i, m in enumerate(upstream)]), torch.no_grad():
             run_tail()  # records h and the upstream outputs
-        outputs = [recorded[i] for i in range(len(upstream))]
-        replay = _Replaying(upstream)
-        stack.enter_context(replay)
-        state["view"] = select(every, outputs)
-        replay.outputs = state["view"]["recorded"]
+        stack.enter_context(_replaying(upstream, [recorded[i] for i in range(len(upstream))]))
         h = state["h"]
         delta = torch.zeros_like(h, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=lr)
         max_norm = clamp_factor * h.norm(dim=-1, keepdim=True)
-        final = torch.zeros(count, device=h.device)
-        finished = torch.zeros(count, dtype=torch.bool, device=h.device)
-        kept = torch.zeros_like(h)
-        active = every
-
         def answer_nll() -> torch.Tensor:
-            view = state["view"]
             logits = run_tail()[:, :-1]
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), view["labels"], reduction="none")
-            return (nll * view["mask"]).sum(1) / view["mask"].sum(1)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+            return (nll * label_mask).sum(1) / label_mask.sum(1)
 
         for step in range(steps + 1):
             if perturb is not None:  # every step under other downstream weights; the stop rule sees them too
@@ -404,84 +393,24 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
                     per_row = answer_nll()
             else:
                 per_row = answer_nll()
-            final[active] = per_row.detach()
+            loss = per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
+            state["loss"] = per_row.detach()
+            worst = per_row.max().item()
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("target values, step %d: %d rows, answer NLL max %.4f, mean %.4f", step, len(active),
-                             per_row.max().item(), per_row.mean().item())
-            going = per_row.detach() >= stop_loss
-            if step == steps or not bool(going.any()):  # the last pass only measures
+                logger.debug("target values, step %d: answer NLL max %.4f, mean %.4f", step, worst, per_row.mean().item())
+            if step == steps or worst < stop_loss:  # the last pass only measures
                 break
-            # Divided by the whole batch, not the rows still going: Adam would feel a change of scale.
-            rows = delta[active]
-            loss = ((per_row + weight_decay * rows.norm(dim=-1) ** 2 / h[active].norm(dim=-1) ** 2) * going).sum() / count
             optimizer.zero_grad()
             loss.backward()
-            done = active[~going]
-            if len(done):
-                finished[done] = True
-                kept[done] = delta.detach()[done]
             optimizer.step()
             with torch.no_grad():
-                delta[finished] = kept[finished]  # Adam's momentum would still move a finished row
                 norms = delta.norm(dim=-1, keepdim=True)
                 delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms)))
-            if len(done):
-                active = active[going]
-                state["view"] = select(active, outputs)
-                replay.outputs = state["view"]["recorded"]
         if perturb is not None:
-            with torch.no_grad():  # reported on the model as it is
-                state["view"] = select(every, outputs)
-                replay.outputs = state["view"]["recorded"]
-                final = answer_nll()
-    logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in final.tolist()])
-    return (h + delta.detach()).cpu(), h.cpu(), final.float().cpu()
-
-
-def _cache_rows(cache: Any, rows: torch.Tensor) -> Any:
-    """A copy of a KV cache holding only ``rows`` of the batch."""
-    if not hasattr(cache, "layers"):
-        raise TypeError(f"cannot select rows of a {type(cache).__name__}")
-    fresh = copy.copy(cache)
-    fresh.layers = []
-    for layer in cache.layers:
-        layer = copy.copy(layer)
-        for name in ("keys", "values"):
-            value = getattr(layer, name, None)
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                setattr(layer, name, value.index_select(0, rows))
-        fresh.layers.append(layer)
-    return fresh
-
-
-def _output_rows(output: Any, rows: torch.Tensor) -> Any:
-    if isinstance(output, torch.Tensor):
-        return output.index_select(0, rows)
-    if isinstance(output, tuple):
-        return tuple(_output_rows(o, rows) if isinstance(o, torch.Tensor) and o.dim() > 0 else o for o in output)
-    raise TypeError(f"cannot select rows of a layer output of type {type(output).__name__}")
-
-
-class _Replaying:
-    """Each module returns its entry of ``outputs`` (replaceable while active) instead of computing it (its hooks
-    still run)."""
-
-    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
-        self.modules = list(modules)
-        self.outputs: list[Any] = []
-
-    def __enter__(self) -> "_Replaying":
-        self.saved = [m.__dict__.get("forward") for m in self.modules]
-        for index, module in enumerate(self.modules):
-            module.forward = lambda *_args, _index=index, **_kwargs: self.outputs[_index]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for module, forward in zip(self.modules, self.saved):
-            if forward is None:
-                del module.forward
-            else:
-                module.forward = forward
+            with torch.no_grad():
+                state["loss"] = answer_nll()  # reported on the model as it is
+    logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in state.get("loss", torch.zeros(0)).tolist()])
+    return (h + delta.detach()).cpu(), h.cpu(), state["loss"].float().cpu()
 
 
 def _pad_id(model: Any) -> int:
