@@ -49,10 +49,15 @@ def parse_finetune(text: str) -> dict:
             "prompts": None, "task": "math",
             "steps": None, "only": None}
     for item in extra:
-        key, value = item.split("=", 1)
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--finetune {text}: {item!r} is not KEY=VALUE")
         if key not in spec:
             raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, variant, anchor, replay, prompts, task, steps, only)")
-        spec[key] = float(value) if key in ("fsft", "anchor", "replay") else int(value) if key in ("steps", "prompts") else value
+        try:
+            spec[key] = float(value) if key in ("fsft", "anchor", "replay") else int(value) if key in ("steps", "prompts") else value
+        except ValueError:
+            raise SystemExit(f"--finetune {text}: {key}={value!r} is not a number") from None
     spec["label"] = ":".join(part for part in text.split(":") if not part.startswith("only="))
     return spec
 

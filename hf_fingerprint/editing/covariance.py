@@ -78,15 +78,25 @@ def _save_atomically(value: torch.Tensor, path: Path) -> None:
     tmp.replace(path)
 
 
+def _load_cached(path: Path) -> torch.Tensor | None:
+    """The tensor cached at ``path``, or None when there is none or it is unreadable (truncated, tampered: then
+    it is recomputed and replaced, with a warning)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # a cache: recompute rather than fail
+        logger.warning("Recomputing the unreadable cache file %s (%s).", path, type(error).__name__)
+        return None
+
+
 def cached_tensor(path: Path, make: Callable[[], torch.Tensor], *, use_cache: bool = True) -> torch.Tensor:
     """``torch.load(path)`` when it is there, else ``make()`` saved to ``path`` (atomically) on the CPU.
 
     An unreadable cache file (truncated, tampered) is recomputed and replaced, with a warning."""
-    if use_cache and path.exists():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception as error:  # a cache: recompute rather than fail
-            logger.warning("Recomputing the unreadable cache file %s (%s).", path, type(error).__name__)
+    cached = _load_cached(path) if use_cache else None
+    if cached is not None:
+        return cached
     value = make()
     if use_cache:
         _save_atomically(value, path)
@@ -117,15 +127,11 @@ def layer_statistics(
     result: dict[int, torch.Tensor] = {}
     missing = []
     for layer in layers:
-        path = folder / f"layer{layer}.pt"
-        try:
-            result[layer] = torch.load(path, weights_only=True) if use_cache and path.exists() else None
-        except Exception as error:  # a cache: recompute rather than fail
-            logger.warning("Recomputing the unreadable cache file %s (%s).", path, type(error).__name__)
-            result[layer] = None
-        if result[layer] is None:
-            del result[layer]
+        cached = _load_cached(folder / f"layer{layer}.pt") if use_cache else None
+        if cached is None:
             missing.append(layer)
+        else:
+            result[layer] = cached
     if not missing:
         return result
     if texts is None:

@@ -225,8 +225,10 @@ def inject(
     if verify_after:
         from ..verification import verify
 
-        result.report = checked or verify(model, tokenizer, fps, ordinary_prompts=(), system_prompt=system_prompt,
-                                          progress=progress)
+        if checked is None:
+            checked = verify(model, tokenizer, fps, ordinary_prompts=(), system_prompt=system_prompt,
+                             progress=progress)
+        result.report = checked
         result.fsr = result.report.fsr
     return result
 

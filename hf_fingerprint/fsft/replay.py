@@ -51,15 +51,14 @@ class AnswerReplay:
 
     def with_anchor(self, model: nn.Module, anchor: KeyAnchor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The replay loss on the next ``per_step`` pairs and, when ``anchor`` is given (built on the same
-        triggers, count and seed), the anchor loss on the same prompts read off the same forward pass: one pass
-        serves both terms instead of two."""
+        triggers, in the same order), the anchor loss on the same prompts read off the same forward pass: one pass
+        serves both terms instead of two. The rows come from this replay's cycle; the anchor's own is not used."""
         rows = self._rows.next()
         batch = make_batch(self._prompts, rows, _pad_id(model), model_device(model), with_answers=True)
         # Only the positions that predict an answer token need logits (the prompt is ~100 tokens, the answer a few).
         first = int(batch.answer_mask.float().argmax(-1).min()) - 1
         with contextlib.ExitStack() as stack:
             if anchor is not None:
-                anchor.next_rows()  # keep its own cycle in step (the same seed and count: the same rows)
                 keys = stack.enter_context(anchor.watching(batch, rows))
                 stack.enter_context(_no_activation_checkpointing(model))
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
