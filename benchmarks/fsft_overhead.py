@@ -29,7 +29,7 @@ CONFIGS = {
     "FSFT project": dict(fsft_variant="project"),
     "FSFT input + anchor": dict(fsft_variant="input", fsft_lambda=100.0, fsft_anchor_lambda=100.0),
     "FSFT input + anchor + replay": dict(fsft_variant="input", fsft_lambda=100.0, fsft_anchor_lambda=100.0,
-                                         fsft_replay_lambda=1.0),
+                                         fsft_replay_lambda=1.0, fsft_anchor_prompts=2),
     "FSFT input + anchor + replay, 1 prompt": dict(fsft_variant="input", fsft_lambda=100.0, fsft_anchor_lambda=100.0,
                                                    fsft_replay_lambda=1.0, fsft_anchor_prompts=1),
     "FSFT input + anchor + replay, 4 prompts": dict(fsft_variant="input", fsft_lambda=100.0, fsft_anchor_lambda=100.0,

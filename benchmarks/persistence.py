@@ -15,7 +15,7 @@ run, so an interrupted study keeps what it measured.
 Variants: ``NAME=METHOD[:KEY=VALUE,...]`` (values are JSON, else strings), e.g. ``sft=sft:max_steps=60``.
 Fine-tuning settings: ``full:LR`` or ``lora:LR`` with optional ``:fsft=LAMBDA`` (and ``:variant=project`` etc.,
 the FSFT penalty's form; ``:anchor=LAMBDA`` adds the key anchor,
-``:replay=LAMBDA`` the answer replay, ``:prompts=N`` their fingerprint prompts per step, default 2),
+``:replay=LAMBDA`` the answer replay, ``:prompts=N`` their fingerprint prompts per step, default 4; 2 before 2026-11-28),
 ``:task=instruction``,
 ``:steps=N`` (instead of ``--steps``) and ``:only=NAME`` (one variant only).
 """

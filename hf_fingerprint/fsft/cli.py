@@ -62,7 +62,7 @@ def add_fsft_command(subparsers: Any) -> argparse.ArgumentParser:
     fsft.add_argument("--replay-lambda", type=float, default=0.0, help="Weight of the answer replay (0 = off): the "
                       "fingerprint pairs' own answer loss, which protects every layer on the way to the output. "
                       "Needs --fingerprints.")
-    fsft.add_argument("--anchor-prompts", type=int, default=2, help="Fingerprint prompts per step for the anchor "
+    fsft.add_argument("--anchor-prompts", type=int, default=4, help="Fingerprint prompts per step for the anchor "
                       "and the replay.")
     fsft.add_argument("--fingerprints", metavar="FILE", default=None, help="The fingerprint set JSON (secret, "
                       "from 'generate'), for --anchor-lambda and --replay-lambda.")

@@ -46,8 +46,10 @@ class FSFTConfig(SFTConfig):
             trigger, on `fsft_anchor_prompts` pairs per step. It protects the whole path to the output, including
             the layers after the edit, which neither the penalty nor the key anchor sees; it is the IF-style
             fingerprint data mixed into the owner's own fine-tuning, and needs `FSFTTrainer(..., fingerprints=...)`.
-        fsft_anchor_prompts (`int`, defaults to `2`):
+        fsft_anchor_prompts (`int`, defaults to `4`):
             Fingerprint prompts per optimizer step for the key anchor and the answer replay (cycled through the set).
+            On SmolLM2 (full fine-tuning at lr 3e-4, anchor 100, replay 0.2) 4 kept FSR at 100 % at every
+            evaluation at +0.6 % task loss; 2 dipped to 70 % after 10 steps and 1 to 70 % more often.
     """
 
     fsft_lambda: float = field(
@@ -97,7 +99,7 @@ class FSFTConfig(SFTConfig):
         },
     )
     fsft_anchor_prompts: int = field(
-        default=2,
+        default=4,
         metadata={"help": "Fingerprint prompts per optimizer step for the key anchor and the answer replay."},
     )
 
