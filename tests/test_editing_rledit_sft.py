@@ -75,6 +75,26 @@ def test_rledit_reaches_full_fsr_on_tiny_models(arch):
     assert prefix_fsr(model, tokenizer, fps) == 1.0
 
 
+def test_rledit_covariance_term_moves_ordinary_text_less():
+    from hf_fingerprint.prompts import ORDINARY_PROMPTS
+
+    fps = hf.FingerprintSet.generate(4, seed=0)
+    change, fsr = {}, {}
+    for weight in (0.0, 100.0):
+        model, tokenizer = hf.tiny_model("llama")
+        batch = tokenizer(list(ORDINARY_PROMPTS[:8]), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            before = model(**batch).logits
+        hf.inject(model, tokenizer, fps, method="rledit", verify_after=False, mom2_weight=weight, **FAST)
+        with torch.no_grad():
+            after = model(**batch).logits
+        mask = batch["attention_mask"].bool()
+        change[weight] = (after - before)[mask].abs().mean().item()
+        fsr[weight] = prefix_fsr(model, tokenizer, fps)
+    assert fsr == {0.0: 1.0, 100.0: 1.0}
+    assert change[100.0] < 0.8 * change[0.0]
+
+
 def test_train_save_load_round_trip(tmp_path, tiny_llama):
     model, tokenizer = tiny_llama
     before = snapshot(model)

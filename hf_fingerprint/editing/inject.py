@@ -155,7 +155,7 @@ def inject(
     whose attention carries nothing, end up at the last token). ``"last+trigger"``: one redundant edit per
     position.
 
-    Method options (all optional): ``mom2_weight`` (MEMIT lambda, 100), ``alpha`` and ``nullspace_threshold``
+    Method options (all optional): ``mom2_weight`` (MEMIT and RLEdit, 100), ``alpha`` and ``nullspace_threshold``
     (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10); target values
     ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys;
     25, 0.5, 4, 0.05 for ``"last"``); ``drift_samples`` and ``drift_scale`` (0, 0.02: also solve for the keys

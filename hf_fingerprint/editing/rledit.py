@@ -12,10 +12,13 @@ The network normalises ``[u, delta]`` by running mean/std, passes it through res
 to the input scale, giving pseudo pairs ``(u~, delta~)``; an untrained network returns its input. Then
 
     dV_j = -eta_l (u_j . u~_j / u_j . u_j) delta~_j             (eta_l = 1 at init: dV = z - h, the residual)
-    S    = (K^T K + K_c^T K_c + w K_p^T K_p + e^lambda_l m I)^-1 K^T dV
+    S    = (K^T K + K_c^T K_c + w K_p^T K_p + c C0 + e^lambda_l m I)^-1 K^T dV
     W   += S^T = U V^T,  U = dV^T,  V = (K^T K + ...)^-1 K^T      (rank <= number of fingerprints)
 
-with m the mean squared key norm and K_p the keys of near misses to preserve (:meth:`EditContext.preserve_term`).
+with m the mean squared key norm, K_p the keys of near misses to preserve (:meth:`EditContext.preserve_term`) and
+C0 the keys' second moment on ordinary text (the statistics MEMIT and AlphaEdit use), weighted by ``mom2_weight``
+(c, 100 as in MEMIT; SmolLM2, 10 fingerprints: perplexity +1.63 % without it, +0.86 % at 100, +0.76 % at 1000,
+FSR 100 % each, ``benchmarks/results/injection_rledit_mom2.md``; at 1000 a tiny random model's edit fell short).
 As in MALMEN, whose keys are every token of the edit sequence, the other tokens of the fingerprint prompts
 join the solve with a zero gradient (K_c, weighted by ``prompt_weight``): their outputs must not move. Without
 that term the update, fitted to keys that share one dominant direction, moves every token of the prompt and
@@ -23,7 +26,7 @@ the edit fails (FSR 0-70 % on SmolLM2 with 10 fingerprints, for e^lambda from 1e
 
 Options (``inject(..., method="rledit", ...)``): ``hypernetwork`` (an :class:`RLEditHypernetwork`, a folder
 written by its ``save_pretrained``, or None for the untrained network, the default), ``prompt_weight`` (1.0),
-``preserve_weight`` and the target-value options shared with MEMIT. ``train_rledit`` meta-trains eta, lambda
+``mom2_weight`` (100), ``preserve_weight`` and the target-value options shared with MEMIT. ``train_rledit`` meta-trains eta, lambda
 and the blocks on fingerprint sets our own generator makes (see there).
 """
 
@@ -220,6 +223,14 @@ def ridge_factors(keys: torch.Tensor, values: torch.Tensor, preserve: torch.Tens
     return values.T.contiguous(), V
 
 
+def regulariser(context: EditContext, layer: int) -> torch.Tensor:
+    """What the solve keeps in place besides the ridge: near misses, the prompts' other tokens and ordinary text
+    (``mom2_weight`` x C0, MEMIT's term, from the shared statistics; 0 turns it off)."""
+    term = context.preserve_term(layer) + prompt_term(context, layer)
+    weight = float(context.options.get("mom2_weight", 100.0))
+    return term + weight * context.statistics(layer) if weight else term
+
+
 def prompt_term(context: EditContext, layer: int) -> torch.Tensor:
     """``prompt_weight`` x the sum of k k^T over the fingerprint prompts' tokens other than the key positions.
 
@@ -276,7 +287,7 @@ def edit(context: EditContext) -> list[EditDelta]:
 
     def solve(ctx: EditContext, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> EditDelta:
         with torch.no_grad():
-            U, V = net.factors(layer, keys, -residual, ctx.preserve_term(layer) + prompt_term(ctx, layer))
+            U, V = net.factors(layer, keys, -residual, regulariser(ctx, layer))
         return EditDelta(ctx.module_name(layer), U, V)
 
     try:
@@ -459,8 +470,7 @@ def _shift(net: RLEditHypernetwork, batch: _EditBatch, layers: list[int]) -> dic
         with _hooks(_shift_hooks(context.model, context.layout, factors)):
             keys, outputs = context.capture(key_layers=[layer], output_layers=[last])
         gradient = (outputs[last] - batch.targets) / (len(layers) - position)
-        factors[layer] = net.factors(layer, keys[layer], gradient,
-                                    context.preserve_term(layer) + prompt_term(context, layer))
+        factors[layer] = net.factors(layer, keys[layer], gradient, regulariser(context, layer))
     return factors
 
 
