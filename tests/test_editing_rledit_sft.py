@@ -95,11 +95,17 @@ def test_rledit_covariance_term_moves_ordinary_text_less():
     assert change[100.0] < 0.8 * change[0.0]
 
 
-def test_train_save_load_round_trip(tmp_path, tiny_llama):
+def test_train_save_load_round_trip(tmp_path, tiny_llama, monkeypatch):
+    import hf_fingerprint.editing.context as context_module
+
     model, tokenizer = tiny_llama
     before = snapshot(model)
+    reads = []
+    real = context_module.layer_statistics
+    monkeypatch.setattr(context_module, "layer_statistics", lambda *a, **k: reads.append(1) or real(*a, **k))
     net = train_rledit(model, tokenizer, n_batches=2, batch_size=2, steps=3, layers=[1, 2], rank=4,
                        equivalents=1, ordinary=2, value_steps=3, progress=False)
+    assert len(reads) == 1  # the unedited model's statistics, shared by every batch's solve
     assert max_change(model, before) == 0.0  # training leaves the weights as they were
     assert net.config.trained_steps == 3 and net.describe().startswith("trained")
     assert any(block.up.weight.abs().sum() > 0 for block in net.blocks)

@@ -369,6 +369,13 @@ def train_rledit(
                         preserve_near_misses, key_position, generator, value_options)
             for b in tqdm(range(n_batches), desc="RLEdit training data", disable=not progress, leave=False)
         ]
+        if float(value_options.get("mom2_weight", 100.0)):
+            # The statistics of the unedited model, read once (cached on disk) and shared: the batches' solves run
+            # while earlier edits are applied, and a context reading them then would name them by edited weights.
+            for layer in chosen:
+                batches[0].context.statistics(layer)
+            for batch in batches[1:]:
+                batch.context._cache.update(batches[0].context.statistics_cache())
         net.train()
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         bar = tqdm(range(steps), desc="RLEdit meta-training", disable=not progress, leave=False)
