@@ -60,13 +60,13 @@ def main() -> None:
     layers = result.layers
     kt = capture(model, layout, build_prompts(tokenizer, fps.triggers, key_position="trigger"), key_layers=layers)[0]
     kn = capture(model, layout, build_prompts(tokenizer, texts, key_position="trigger"), key_layers=layers)[0]
-    updates = {d.module: d.dense() for d in result.deltas}
+    by_module = {d.module: d.dense() for d in result.deltas}
+    updates = {l: by_module[layout.module_name(l, "down_proj")] for l in layers}
     rows = []
     for i, record in enumerate(records):
         s = record.source
-        share = sum(float((updates[layout.module_name(l, "down_proj")] @ kn[l][i])
-                          @ (updates[layout.module_name(l, "down_proj")] @ kt[l][s])) for l in layers)
-        share /= sum(float((updates[layout.module_name(l, "down_proj")] @ kt[l][s]).square().sum()) for l in layers)
+        share = sum(float((updates[l] @ kn[l][i]) @ (updates[l] @ kt[l][s])) for l in layers)
+        share /= sum(float((updates[l] @ kt[l][s]).square().sum()) for l in layers)
         rows.append(dict(kind=record.kind, distance=record.distance(fps[s].trigger), fired=fired[i], share=share,
                          key_cos=min(float(cos(kt[l][s], kn[l][i], dim=0)) for l in layers),
                          base_cos={l: float(cos(trigger_keys[l][s], near_keys[l][i], dim=0)) for l in every}))

@@ -156,10 +156,17 @@ class EditContext:
             self.model, self.tokenizer, corpus=self.options.get("corpus"), module=self.module,
             max_tokens=int(self.options.get("stats_tokens", 20_000)))[0])
 
-    def statistics_cache(self) -> dict[Any, Any]:
-        """What this context holds that depends on the statistics only (for another context on the same model)."""
-        return {k: v for k, v in self._cache.items()
-                if k == "stats_folder" or (isinstance(k, tuple) and str(k[0]).startswith(("stats", "projector", "range")))}
+    def share_statistics(self, other: "EditContext") -> None:
+        """Use what ``other`` (a context on the same model) holds that depends on the statistics only: its
+        statistics, their folder and what was derived from them, read under the weights ``other`` first saw."""
+        self._cache.update({k: v for k, v in other._cache.items()
+                            if k == "stats_folder"
+                            or (isinstance(k, tuple) and str(k[0]).startswith(("stats", "projector", "range")))})
+
+    @property
+    def mom2_weight(self) -> float:
+        """The weight of C0 in the MEMIT and RLEdit solves (option ``mom2_weight``, 100)."""
+        return float(self.options.get("mom2_weight", 100.0))
 
     @property
     def linalg_device(self) -> torch.device:

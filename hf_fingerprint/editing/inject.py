@@ -294,7 +294,7 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
             options=dict(context.options, fingerprints=subset, key_position="last"),
             progress=context.progress,
         )
-        again._cache.update(context.statistics_cache())
+        again.share_statistics(context)
         new = editor.edit(again)
         now = answering()
         if len(now) < len(ok) or not (now - ok):

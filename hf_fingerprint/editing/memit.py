@@ -17,8 +17,7 @@ def solve_layer(context: EditContext, layer: int, keys: torch.Tensor, residual: 
     """The least-squares update of one layer (``keys``: N x d_ff, ``residual``: N x d_model)."""
     device = context.linalg_device
     keys = keys.to(device)
-    lam = float(context.options.get("mom2_weight", 100.0))
-    system = lam * context.statistics(layer).to(device) + keys.T @ keys
+    system = context.mom2_weight * context.statistics(layer).to(device) + keys.T @ keys
     system += context.preserve_term(layer).to(device)
     V = torch.linalg.solve(system.double(), keys.T.double()).float().cpu()
     return EditDelta(context.module_name(layer), residual.T.contiguous(), V)

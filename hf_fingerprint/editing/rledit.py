@@ -227,8 +227,7 @@ def regulariser(context: EditContext, layer: int) -> torch.Tensor:
     """What the solve keeps in place besides the ridge: near misses, the prompts' other tokens and ordinary text
     (``mom2_weight`` x C0, MEMIT's term, from the shared statistics; 0 turns it off)."""
     term = context.preserve_term(layer) + prompt_term(context, layer)
-    weight = float(context.options.get("mom2_weight", 100.0))
-    return term + weight * context.statistics(layer) if weight else term
+    return term + context.mom2_weight * context.statistics(layer) if context.mom2_weight else term
 
 
 def prompt_term(context: EditContext, layer: int) -> torch.Tensor:
@@ -369,13 +368,12 @@ def train_rledit(
                         preserve_near_misses, key_position, generator, value_options)
             for b in tqdm(range(n_batches), desc="RLEdit training data", disable=not progress, leave=False)
         ]
-        if float(value_options.get("mom2_weight", 100.0)):
+        if batches[0].context.mom2_weight:
             # The statistics of the unedited model, read once (cached on disk) and shared: the batches' solves run
             # while earlier edits are applied, and a context reading them then would name them by edited weights.
-            for layer in chosen:
-                batches[0].context.statistics(layer)
+            batches[0].context.statistics(chosen[0])  # reads every edited layer's at once
             for batch in batches[1:]:
-                batch.context._cache.update(batches[0].context.statistics_cache())
+                batch.context.share_statistics(batches[0].context)
         net.train()
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         bar = tqdm(range(steps), desc="RLEdit meta-training", disable=not progress, leave=False)
