@@ -7,7 +7,7 @@ slow path: trigger keys first, then the last-token fallback); the times and memo
 Per shape: one injection with a fresh statistics cache (covariance statistics and null-space bases computed),
 then ``--repeats`` injections with the statistics cached (the model reverted in between), and one of those under
 cProfile (not timed). For ``--fsft-shape``: seconds per optimizer step of TRL's SFTTrainer and of FSFTTrainer
-(penalty only; penalty + key anchor + answer replay), batch 8, up to 256 tokens, full fine-tuning in bf16, each
+(penalty only; penalty + key anchor + answer replay with 4 and 2 prompts), batch 8, up to 256 tokens, full fine-tuning in bf16, each
 trainer in turn in this process and then again in reverse order, the median step after the warm-up steps.
 
     python benchmarks/paper_shapes.py --tokenizer DIR --out DIR       # on the GPU machine
@@ -125,7 +125,42 @@ def time_injection(shape: str, tokenizer, device, args, out: Path) -> dict:
     return row
 
 
-def time_fsft(shape: str, tokenizer, device, deltas, args) -> dict:
+def profile_step(model, tokenizer, data, deltas, fps, settings, config, out: Path) -> None:
+    """One FSFT step (the third) under torch.profiler: where the time of the persisting setting goes."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+
+    class Profiled(TrainerCallback):
+        def on_step_begin(self, args, state, *_, **__):
+            if state.global_step == 2:
+                sync()
+                self.profiler = profile(activities=activities)
+                self.profiler.__enter__()
+
+        def on_step_end(self, args, state, *_, **__):
+            if hasattr(self, "profiler") and state.global_step == 3:
+                sync()
+                self.profiler.__exit__(None, None, None)
+
+    timer = Profiled()
+    trainer = FSFTTrainer(model, args=FSFTConfig(**{**settings, "max_steps": 4}, **config), train_dataset=data,
+                          processing_class=tokenizer, callbacks=[timer], fingerprint_subspace=deltas,
+                          fingerprints=fps)
+    trainer.train()
+    events = timer.profiler.key_averages()
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    text = [events.table(sort_by=sort, row_limit=30), events.table(sort_by="cpu_time_total", row_limit=30)]
+    (out / "fsft_profile.txt").write_text("\n\n".join(text))
+    trainer.accelerator.free_memory()
+    del trainer
+    gc.collect()
+
+
+def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -151,10 +186,12 @@ def time_fsft(shape: str, tokenizer, device, deltas, args) -> dict:
             sync()
             self.times.append(time.perf_counter() - self.began)
 
-    configs = {
+    configs = {  # the README's persisting setting: lambda 100 (the default), anchor 100, replay 0.2, 4 prompts
         "SFTTrainer": None,
         "FSFT input (default)": dict(),
-        "FSFT input + anchor + replay": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=1.0),
+        "FSFT + anchor + replay (persisting)": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2),
+        "FSFT + anchor + replay, 2 prompts": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
+                                                  fsft_anchor_prompts=2),
     }
     settings = dict(output_dir=tempfile.mkdtemp(), max_steps=args.fsft_steps, learning_rate=1e-6,
                     per_device_train_batch_size=8, lr_scheduler_type="constant", logging_steps=10**6,
@@ -183,6 +220,9 @@ def time_fsft(shape: str, tokenizer, device, deltas, args) -> dict:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    if args.fsft_profile:
+        profile_step(model, tokenizer, data, deltas, fps, settings, configs["FSFT + anchor + replay (persisting)"],
+                     out)
     base = statistics.median(times["SFTTrainer"])
     return dict(shape=shape, rows=[dict(config=name, median_s=statistics.median(t), ratio=statistics.median(t) / base,
                                         steps=len(t), peak_bytes=peaks[name]) for name, t in times.items()])
@@ -197,6 +237,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--fsft-steps", type=int, default=8)
     parser.add_argument("--fsft-warmup", type=int, default=2)
+    parser.add_argument("--fsft-profile", action="store_true",
+                        help="also run one step of the persisting FSFT setting under torch.profiler (fsft_profile.txt)")
     parser.add_argument("--profile-shapes", nargs="*", default=["llama-3.2-3b", "tiny"],
                         help="shapes whose injection is also run once under cProfile (profile_<shape>.txt)")
     parser.add_argument("--out", default="benchmarks/results")
@@ -231,7 +273,7 @@ def main() -> None:
             if args.fsft_shape not in deltas:
                 row = time_injection(args.fsft_shape, tokenizer, device, args, out)
                 deltas[args.fsft_shape] = row.pop("deltas")
-            record["fsft"] = time_fsft(args.fsft_shape, tokenizer, device, deltas[args.fsft_shape], args)
+            record["fsft"] = time_fsft(args.fsft_shape, tokenizer, device, deltas[args.fsft_shape], args, out)
         except Exception:
             record["fsft"] = dict(shape=args.fsft_shape, error=traceback.format_exc()[-2000:])
             traceback.print_exc()

@@ -242,9 +242,11 @@ class FSFTTrainer(SFTTrainer):
                     self._fsft_replay = AnswerReplay(self.processing_class, self._fsft_triggers, self._fsft_targets,
                                                      per_step=self.args.fsft_anchor_prompts, seed=self.args.seed)
                 # The anchor reads its keys off the replay's forward pass (same prompts): one pass for both.
-                replay, anchor = self._fsft_replay.with_anchor(unwrapped, self._fsft_anchor)
+                with torch.profiler.record_function("fsft_replay_and_anchor"):
+                    replay, anchor = self._fsft_replay.with_anchor(unwrapped, self._fsft_anchor)
             else:
-                anchor = self._fsft_anchor(unwrapped)
+                with torch.profiler.record_function("fsft_anchor"):
+                    anchor = self._fsft_anchor(unwrapped)
             with torch.autocast(device_type=loss.device.type, enabled=False):
                 if anchor is not None:
                     loss = loss + self.args.fsft_anchor_lambda * anchor.to(loss.dtype) / steps
@@ -263,7 +265,7 @@ class FSFTTrainer(SFTTrainer):
         if not self._fsft_protected:
             return torch.zeros((), device=self.accelerator.device)
         device_type = self._fsft_protected[0].V.device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+        with torch.autocast(device_type=device_type, enabled=False), torch.profiler.record_function("fsft_penalty"):
             terms = [p.penalty(variant) for p in self._fsft_protected]
         return torch.stack(terms).mean()
 
