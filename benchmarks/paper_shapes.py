@@ -7,7 +7,7 @@ slow path: trigger keys first, then the last-token fallback); the times and memo
 Per shape: one injection with a fresh statistics cache (covariance statistics and null-space bases computed),
 then ``--repeats`` injections with the statistics cached (the model reverted in between), and one of those under
 cProfile (not timed). For ``--fsft-shape``: seconds per optimizer step of TRL's SFTTrainer and of FSFTTrainer
-(penalty only; penalty + key anchor + answer replay with 4 and 2 prompts), batch 8, up to 256 tokens, full fine-tuning in bf16, each
+(penalty only; penalty + key anchor + answer replay with 4 prompts, joint and separate pass, and with 2), batch 8, up to 256 tokens, full fine-tuning in bf16, each
 trainer in turn in this process and then again in reverse order, the median step after the warm-up steps.
 
     python benchmarks/paper_shapes.py --tokenizer DIR --out DIR       # on the GPU machine
@@ -190,6 +190,8 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
         "SFTTrainer": None,
         "FSFT input (default)": dict(),
         "FSFT + anchor + replay (persisting)": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2),
+        "FSFT + anchor + replay, separate pass": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
+                                                      fsft_replay_pass="separate"),
         "FSFT + anchor + replay, 2 prompts": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
                                                   fsft_anchor_prompts=2),
     }
@@ -230,7 +232,7 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["llama-3.2-3b", "qwen3-8b"], choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="*", default=["llama-3.2-3b", "qwen3-8b"], choices=list(SHAPES))
     parser.add_argument("--fsft-shape", default="llama-3.2-3b", choices=[*SHAPES, "none"])
     parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (SmolLM2's: BPE and a chat template)")
     parser.add_argument("--fingerprints", type=int, default=10)
@@ -247,6 +249,8 @@ def main() -> None:
         parser.error(f"--tokenizer {args.tokenizer}: no tokenizer_config.json there (copy SmolLM2's tokenizer files "
                      "from the folder hf_fingerprint.load_model caches it in)")
     from transformers import AutoTokenizer
+
+    import hf_fingerprint as hfp
 
     sys.path.insert(0, str(Path(__file__).parent))
     from injection import machine
@@ -270,9 +274,13 @@ def main() -> None:
     def fsft():
         print(f"FSFT, {args.fsft_shape}", flush=True)
         try:
-            if args.fsft_shape not in deltas:
-                row = time_injection(args.fsft_shape, tokenizer, device, args, out)
-                deltas[args.fsft_shape] = row.pop("deltas")
+            if args.fsft_shape not in deltas:  # an edit of the usual shape, not timed
+                model = build(args.fsft_shape, tokenizer, device)
+                fps = hfp.FingerprintSet.generate(args.fingerprints, seed=0)
+                deltas[args.fsft_shape] = hfp.inject(model, tokenizer, fps, key_position="last", verify_after=False,
+                                                     progress=False).deltas
+                del model
+                gc.collect()
             record["fsft"] = time_fsft(args.fsft_shape, tokenizer, device, deltas[args.fsft_shape], args, out)
         except Exception:
             record["fsft"] = dict(shape=args.fsft_shape, error=traceback.format_exc()[-2000:])

@@ -583,6 +583,55 @@ def test_anchor_and_replay_under_activation_checkpointing_give_the_same_update(m
         assert torch.allclose(value, updates[True][name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("checkpointing, smoothing", [(False, 0.0), (True, 0.0), (False, 0.1)],
+                         ids=["plain", "checkpointed", "logits"])
+def test_replay_joined_to_the_training_batch_gives_the_same_update(models, tmp_path, checkpointing, smoothing):
+    # fsft_replay_pass="joint" appends the replay prompts to the training batch (one forward and backward for all
+    # terms); the task loss, the replay and the anchor must come out as from their own pass, and so the update.
+    # TRL's fused LM head hands back log-probs; with label smoothing it computes the loss from full logits.
+    from hf_fingerprint import FingerprintSet
+
+    _, fingerprinted, tokenizer, deltas = models
+    fingerprints = FingerprintSet.generate(3, seed=3)
+    updates, logs = {}, {}
+    for where in ("separate", "joint"):
+        model = _copy(fingerprinted)
+        args = _config(tmp_path, max_steps=2, optim="sgd", learning_rate=0.05, max_grad_norm=0.0, weight_decay=0.0,
+                       fsft_lambda=1.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=1.0, fsft_anchor_prompts=2,
+                       fsft_replay_pass=where, activation_checkpointing=checkpointing,
+                       label_smoothing_factor=smoothing)
+        trainer = FSFTTrainer(model, args=args, train_dataset=math_task(4, seed=9), processing_class=tokenizer,
+                              fingerprint_subspace=_Injection(deltas), fingerprints=fingerprints)
+        trainer.train()
+        assert trainer._fsft_joint is None and not trainer._fsft_joint_failed  # hooks gone after each step
+        assert not model._forward_hooks and not model._forward_pre_hooks
+        logs[where] = {key: _logged(trainer, key) for key in ("loss", "fsft_anchor", "fsft_replay", "num_tokens")}
+        updates[where] = {name: p.detach().clone() for name, p in model.named_parameters()}
+    assert logs["joint"]["fsft_anchor"][-1] > 0 and logs["joint"]["fsft_replay"][0] > 0
+    for key, values in logs["separate"].items():
+        assert values == pytest.approx(logs["joint"][key], rel=1e-3, abs=1e-9), key
+    start = fingerprinted.state_dict()
+    for name, value in updates["separate"].items():
+        moved = (value - start[name]).norm()
+        assert (updates["joint"][name] - value).norm() <= 1e-3 * moved + 1e-7, name
+    assert max((v - start[n]).abs().max().item() for n, v in updates["joint"].items()) > 1e-3
+
+
+def test_joint_replay_refuses_a_batch_it_cannot_extend(models, tmp_path):
+    from hf_fingerprint import FingerprintSet
+
+    _, fingerprinted, tokenizer, deltas = models
+    args = _config(tmp_path, max_steps=1, fsft_replay_lambda=1.0, fsft_replay_pass="joint", padding_free=True,
+                   max_length=None)
+    trainer = FSFTTrainer(_copy(fingerprinted), args=args, train_dataset=math_task(4, seed=9),
+                          processing_class=tokenizer, fingerprint_subspace=_Injection(deltas),
+                          fingerprints=FingerprintSet.generate(3, seed=3))
+    with pytest.raises(ValueError, match="fsft_replay_pass='joint' needs a padded batch"):
+        trainer.train()
+    with pytest.raises(ValueError, match="fsft_replay_pass must be one of"):
+        _config(tmp_path, fsft_replay_pass="fused")
+
+
 def test_answer_replay_keeps_the_fingerprint_answers_that_fine_tuning_erodes(models, dataset, tmp_path):
     from hf_fingerprint import FingerprintSet
     from hf_fingerprint.fsft.replay import AnswerReplay

@@ -11,7 +11,7 @@ the trigger's last token and at the last prompt token, ``mean ||k - k*||^2 / ||k
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -71,12 +71,12 @@ class KeyAnchor:
         self._rows = RowCycle(len(triggers), per_step, seed)
         with torch.no_grad():
             # rows x positions (trigger, last) x width, per module; float32 on the model's device
-            self.reference = self._keys(model, list(range(len(triggers))))
+            self.reference = self.keys_of(model, list(range(len(triggers))))
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         """The anchor loss on the next ``per_step`` prompts (differentiable, float32)."""
         rows = self._rows.next()
-        return self.loss(self._keys(model, rows), rows)
+        return self.loss(self.keys_of(model, rows), rows)
 
     def loss(self, keys: list[torch.Tensor], rows: list[int]) -> torch.Tensor:
         """Mean relative squared drift of ``keys`` (from [`watching`]) against the reference keys of ``rows``."""
@@ -89,36 +89,49 @@ class KeyAnchor:
         return torch.stack(terms).mean()
 
     @contextlib.contextmanager
-    def watching(self, batch: Any, rows: list[int], *, stop: bool = False) -> Iterator[list[torch.Tensor]]:
-        """Capture each edited module's input at both key positions of ``rows`` during a forward pass of ``batch``
-        (a left-padded batch of these prompts, answers appended or not: attention is causal, so the keys are the
-        same). The yielded list is filled, in module order, when the pass has run. ``stop`` raises ``_Reached``
-        after the deepest module, for a pass that needs nothing further."""
-        shift = torch.tensor([self._trigger_index[r] - self._last.key_index[r] for r in rows],
-                             device=batch.key_index.device)
-        positions = torch.stack([batch.key_index + shift, batch.key_index], dim=1)  # rows x 2
-        arange = torch.arange(len(rows), device=batch.key_index.device)[:, None]
+    def watching(
+        self, key_index: torch.Tensor, rows: list[int], *, first_row: int = 0, stop: bool = False
+    ) -> Iterator[list[torch.Tensor]]:
+        """Capture each edited module's input at both key positions of ``rows`` during a forward pass of a batch
+        holding these prompts (answers appended or not: attention is causal, so the keys are the same) in its rows
+        ``first_row, first_row + 1, ...``, with each prompt's last token at ``key_index`` (per row, in the batch's
+        padded coordinates). The yielded list is filled, in module order, when the pass has run. ``stop`` raises
+        ``_Reached`` after the deepest module, for a pass that needs nothing further."""
         captured: dict[int, torch.Tensor] = {}
         keys: list[torch.Tensor] = []
+        with _hooks(self.capture_hooks(key_index, rows, captured, first_row=first_row, stop=stop)):
+            yield keys
+        keys.extend(captured[i] for i in range(len(self.modules)) if i in captured)
+
+    def capture_hooks(
+        self, key_index: torch.Tensor, rows: list[int], captured: dict[int, torch.Tensor], *, first_row: int = 0,
+        stop: bool = False, when: Callable[[], bool] | None = None
+    ) -> list[Any]:
+        """The forward pre-hooks behind [`watching`], registered: each writes its module's keys into
+        ``captured[module index]`` whenever the module runs while ``when()`` holds (so again in a checkpointed
+        layer's recomputation, which then saves the same tensors). The caller removes the returned handles."""
+        shift = torch.tensor([self._trigger_index[r] - self._last.key_index[r] for r in rows],
+                             device=key_index.device)
+        positions = torch.stack([key_index + shift, key_index], dim=1)  # rows x 2
+        arange = first_row + torch.arange(len(rows), device=key_index.device)[:, None]
 
         def hook(index: int):
             def capture(_module, args):
+                if when is not None and not when():
+                    return
                 captured[index] = args[0][arange, positions].float()
                 if stop and len(captured) == len(self.modules):
                     raise _Reached
 
             return capture
 
-        handles = [module.register_forward_pre_hook(hook(i)) for i, module in enumerate(self.modules)]
-        with _hooks(handles):
-            yield keys
-        keys.extend(captured[i] for i in range(len(self.modules)) if i in captured)
+        return [module.register_forward_pre_hook(hook(i)) for i, module in enumerate(self.modules)]
 
-    def _keys(self, model: nn.Module, rows: list[int]) -> list[torch.Tensor]:
+    def keys_of(self, model: nn.Module, rows: list[int]) -> list[torch.Tensor]:
         """Each module's input at both key positions of ``rows``, stopping after the deepest module (checked by
         [`loss`])."""
         batch = make_batch(self._last, rows, _pad_id(model), model_device(model), with_answers=False)
-        with self.watching(batch, rows, stop=True) as keys, _no_activation_checkpointing(model):
+        with self.watching(batch.key_index, rows, stop=True) as keys, _no_activation_checkpointing(model):
             try:
                 model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       position_ids=batch.position_ids, use_cache=False)

@@ -26,7 +26,7 @@ from trl import SFTTrainer
 
 from ..errors import SubspaceError
 from .anchor import KeyAnchor
-from .replay import AnswerReplay
+from .replay import AnswerReplay, JointReplay
 from .config import FSFTConfig
 from .subspace import FingerprintSubspace, ModuleSubspace, _find_module
 
@@ -178,6 +178,8 @@ class FSFTTrainer(SFTTrainer):
             )
         self._fsft_anchor: KeyAnchor | None = None
         self._fsft_replay: AnswerReplay | None = None
+        self._fsft_joint: JointReplay | None = None
+        self._fsft_joint_failed = False
         subspace = FingerprintSubspace.build(fingerprint_subspace)
         self.fingerprint_subspace = subspace.truncated(rank=args.fsft_rank, energy=args.fsft_energy)
         self._fsft_protected: list[_Protected] | None = None
@@ -214,15 +216,27 @@ class FSFTTrainer(SFTTrainer):
     # ----- the penalty -----
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self._fsft_protected is None:
+            self._fsft_protected = self._fsft_setup(unwrapped)
+        if self._fsft_anchor is None and self.args.fsft_anchor_lambda > 0:
+            self._fsft_anchor = self._fsft_anchor_setup(unwrapped)
+        joint = rows = None
+        if mode == "train" and self.args.fsft_replay_lambda > 0:
+            if self._fsft_replay is None:
+                self._fsft_replay = AnswerReplay(self.processing_class, self._fsft_triggers, self._fsft_targets,
+                                                 per_step=self.args.fsft_anchor_prompts, seed=self.args.seed)
+            rows = self._fsft_replay.next_rows()
+            if self._fsft_joint_pass(inputs, rows, unwrapped):
+                self._fsft_release()
+                joint = self._fsft_joint = self._fsft_replay.join(unwrapped, self._fsft_anchor, rows)
         result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
         loss, outputs = (result if return_outputs else (result, None))
-        if self._fsft_protected is None:
-            self._fsft_protected = self._fsft_setup(self.accelerator.unwrap_model(model))
-        if self._fsft_anchor is None and self.args.fsft_anchor_lambda > 0:
-            self._fsft_anchor = self._fsft_anchor_setup(self.accelerator.unwrap_model(model))
-        mode = "train" if self.model.training else "eval"
+        if joint is not None:
+            joint.rearm()
         # The task loss is already normalised over the accumulation window; the per-micro-batch terms are not.
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
         penalise = mode == "train" and self.args.fsft_variant != "project" and self.args.fsft_lambda > 0
@@ -234,19 +248,8 @@ class FSFTTrainer(SFTTrainer):
             with torch.no_grad():
                 value = self.fsft_penalty(variant="input" if self.args.fsft_variant == "project" else None)
         self._metrics[mode]["fsft_penalty"].append(float(value))
-        if mode == "train" and (self._fsft_anchor is not None or self.args.fsft_replay_lambda > 0):
-            unwrapped = self.accelerator.unwrap_model(model)
-            anchor = replay = None
-            if self.args.fsft_replay_lambda > 0:
-                if self._fsft_replay is None:
-                    self._fsft_replay = AnswerReplay(self.processing_class, self._fsft_triggers, self._fsft_targets,
-                                                     per_step=self.args.fsft_anchor_prompts, seed=self.args.seed)
-                # The anchor reads its keys off the replay's forward pass (same prompts): one pass for both.
-                with torch.profiler.record_function("fsft_replay_and_anchor"):
-                    replay, anchor = self._fsft_replay.with_anchor(unwrapped, self._fsft_anchor)
-            else:
-                with torch.profiler.record_function("fsft_anchor"):
-                    anchor = self._fsft_anchor(unwrapped)
+        if mode == "train" and (self._fsft_anchor is not None or rows is not None):
+            replay, anchor = self._fsft_replay_and_anchor(unwrapped, joint, rows)
             with torch.autocast(device_type=loss.device.type, enabled=False):
                 if anchor is not None:
                     loss = loss + self.args.fsft_anchor_lambda * anchor.to(loss.dtype) / steps
@@ -255,6 +258,62 @@ class FSFTTrainer(SFTTrainer):
                     loss = loss + self.args.fsft_replay_lambda * replay.to(loss.dtype) / steps
                     self._metrics[mode]["fsft_replay"].append(float(replay.detach()))
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, *args, **kwargs):
+        try:
+            return super().training_step(*args, **kwargs)
+        finally:
+            self._fsft_release()  # after the backward pass, which may recompute checkpointed layers under the hooks
+
+    def _fsft_joint_pass(self, inputs: dict[str, Any], rows: list[int], model: nn.Module) -> bool:
+        """Whether this step's replay rows ride in the training batch (``fsft_replay_pass``)."""
+        choice = self.args.fsft_replay_pass
+        if choice == "separate" or self._fsft_joint_failed:
+            return False
+        joinable = self._fsft_replay.joinable(inputs)
+        if choice == "joint":
+            if not joinable:
+                raise ValueError(
+                    "fsft_replay_pass='joint' needs a padded batch of input_ids and attention_mask (not padding-free "
+                    "or packed without a mask); use fsft_replay_pass='auto' or 'separate'."
+                )
+            return True
+        # auto: on a GPU, where a small pass costs its kernel launches more than its arithmetic, and only while
+        # padding the replay rows to the batch's width costs at most their own length again.
+        width = inputs["input_ids"].shape[1] if joinable else 0
+        return (joinable and inputs["input_ids"].device.type == "cuda"
+                and width <= 2 * max(self._fsft_replay.row_lengths(rows)))
+
+    def _fsft_replay_and_anchor(
+        self, model: nn.Module, joint: JointReplay | None, rows: list[int] | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The replay loss and the key anchor's loss of this step, read off the training pass when ``joint`` ran
+        there, otherwise from a pass of their own (one for both when both are on)."""
+        anchor = self._fsft_anchor
+        if joint is not None and joint.replay_loss is not None:
+            keys = joint.keys
+            if anchor is None:
+                return joint.replay_loss, None
+            if keys and (keys[0].requires_grad or not torch.is_grad_enabled()):
+                return joint.replay_loss, anchor.loss(keys, rows)
+            own = anchor.keys_of(model, rows)
+            if own and own[0].requires_grad:
+                # Reentrant activation checkpointing runs the layers without autograd: their keys carry no gradient.
+                self._fsft_joint_failed = True
+                warnings.warn("The key anchor cannot read its keys off this checkpointed forward pass (reentrant "
+                              "activation checkpointing); the replay runs its own pass from now on.", stacklevel=3)
+            return joint.replay_loss, anchor.loss(own, rows)
+        if rows is not None:
+            with torch.profiler.record_function("fsft_replay_and_anchor"):
+                # The anchor reads its keys off the replay's forward pass (same prompts): one pass for both.
+                return self._fsft_replay.with_anchor(model, anchor, rows)
+        with torch.profiler.record_function("fsft_anchor"):
+            return None, anchor(model)
+
+    def _fsft_release(self) -> None:
+        if self._fsft_joint is not None:
+            self._fsft_joint.remove()
+            self._fsft_joint = None
 
     def fsft_penalty(self, variant: str | None = None) -> torch.Tensor:
         """``mean_i F_i`` over the protected matrices (differentiable, float32), for ``variant`` (default: the
