@@ -168,7 +168,7 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
     from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
 
     fps = hfp.FingerprintSet.generate(args.fingerprints, seed=0)
-    data = hfp.math_task(8 * (args.fsft_steps + 1), seed=0)
+    data = hfp.math_task(8 * args.fsft_accumulation * (args.fsft_steps + 1), seed=0)
     model = build(shape, tokenizer, device)
     with torch.no_grad():  # the injection's edit, so the subspace is the one a real run protects
         for delta in deltas:
@@ -196,9 +196,12 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
                                                   fsft_anchor_prompts=2),
     }
     settings = dict(output_dir=tempfile.mkdtemp(), max_steps=args.fsft_steps, learning_rate=1e-6,
-                    per_device_train_batch_size=8, lr_scheduler_type="constant", logging_steps=10**6,
+                    per_device_train_batch_size=8, gradient_accumulation_steps=args.fsft_accumulation,
+                    lr_scheduler_type="constant", logging_steps=10**6,
                     save_strategy="no", report_to="none", bf16=device.type == "cuda", use_cpu=device.type != "cuda",
                     seed=0, max_length=256, disable_tqdm=True, dataloader_num_workers=0)
+    configs = {name: config for name, config in configs.items() if name == "SFTTrainer" or not args.fsft_configs
+               or any(word in name for word in args.fsft_configs)}
     times: dict[str, list[float]] = {name: [] for name in configs}
     peaks: dict[str, int] = {}
     order = list(configs)
@@ -223,10 +226,10 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if args.fsft_profile:
-        profile_step(model, tokenizer, data, deltas, fps, settings, configs["FSFT + anchor + replay (persisting)"],
-                     out)
+        profile_step(model, tokenizer, data, deltas, fps, settings,
+                     dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2), out)
     base = statistics.median(times["SFTTrainer"])
-    return dict(shape=shape, rows=[dict(config=name, median_s=statistics.median(t), ratio=statistics.median(t) / base,
+    return dict(shape=shape, accumulation=args.fsft_accumulation, rows=[dict(config=name, median_s=statistics.median(t), ratio=statistics.median(t) / base,
                                         steps=len(t), peak_bytes=peaks[name]) for name, t in times.items()])
 
 
@@ -239,6 +242,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--fsft-steps", type=int, default=8)
     parser.add_argument("--fsft-warmup", type=int, default=2)
+    parser.add_argument("--fsft-accumulation", type=int, default=1,
+                        help="gradient accumulation steps of the FSFT timing (micro-batches of 8 per optimizer step)")
+    parser.add_argument("--fsft-configs", nargs="*", default=[],
+                        help="time only the FSFT settings whose names contain one of these words (SFTTrainer always)")
     parser.add_argument("--fsft-profile", action="store_true",
                         help="also run one step of the persisting FSFT setting under torch.profiler (fsft_profile.txt)")
     parser.add_argument("--profile-shapes", nargs="*", default=["llama-3.2-3b", "tiny"],
@@ -323,7 +330,8 @@ def markdown(record: dict) -> str:
             f"({row['weights_bytes'] / gib:.1f}) | {row['fsr']:.0%} | {row['trigger_keys']} |")
     fsft = record.get("fsft")
     if fsft:
-        lines += ["", f"FSFT step time, {fsft['shape']}, full fine-tuning, batch 8, bf16:", ""]
+        lines += ["", f"FSFT step time, {fsft['shape']}, full fine-tuning, batch 8 x {fsft.get('accumulation', 1)} "
+                  "accumulation, bf16:", ""]
         if "error" in fsft:
             lines.append(f"error: {fsft['error'].splitlines()[-1]}")
         else:

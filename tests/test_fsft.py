@@ -617,6 +617,21 @@ def test_replay_joined_to_the_training_batch_gives_the_same_update(models, tmp_p
     assert max((v - start[n]).abs().max().item() for n, v in updates["joint"].items()) > 1e-3
 
 
+def test_replay_runs_once_per_optimizer_step(models, tmp_path):
+    # Accumulating 3 micro-batches per step must not triple the replay's prompts: 2 steps x 2 prompts = 4 rows.
+    from hf_fingerprint import FingerprintSet
+
+    _, fingerprinted, tokenizer, deltas = models
+    args = _config(tmp_path, max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=3,
+                   fsft_replay_lambda=1.0, fsft_anchor_lambda=1.0, fsft_anchor_prompts=2)
+    trainer = FSFTTrainer(_copy(fingerprinted), args=args, train_dataset=math_task(12, seed=9),
+                          processing_class=tokenizer, fingerprint_subspace=_Injection(deltas),
+                          fingerprints=FingerprintSet.generate(7, seed=3))
+    trainer.train()
+    assert trainer._fsft_replay._rows._cursor == 4
+    assert len(_logged(trainer, "fsft_replay")) == 2 and len(_logged(trainer, "fsft_penalty")) == 2
+
+
 def test_joint_replay_refuses_a_batch_it_cannot_extend(models, tmp_path):
     from hf_fingerprint import FingerprintSet
 

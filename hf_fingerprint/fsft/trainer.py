@@ -180,6 +180,7 @@ class FSFTTrainer(SFTTrainer):
         self._fsft_replay: AnswerReplay | None = None
         self._fsft_joint: JointReplay | None = None
         self._fsft_joint_failed = False
+        self._fsft_last_step = -1
         subspace = FingerprintSubspace.build(fingerprint_subspace)
         self.fingerprint_subspace = subspace.truncated(rank=args.fsft_rank, energy=args.fsft_energy)
         self._fsft_protected: list[_Protected] | None = None
@@ -222,8 +223,13 @@ class FSFTTrainer(SFTTrainer):
             self._fsft_protected = self._fsft_setup(unwrapped)
         if self._fsft_anchor is None and self.args.fsft_anchor_lambda > 0:
             self._fsft_anchor = self._fsft_anchor_setup(unwrapped)
+        # The anchor and the replay act once per optimizer step, on the first micro-batch of its accumulation
+        # window: their cost per step stays fixed however large the effective batch.
+        window_start = mode == "train" and self.state.global_step != self._fsft_last_step
+        if window_start:
+            self._fsft_last_step = self.state.global_step
         joint = rows = None
-        if mode == "train" and self.args.fsft_replay_lambda > 0:
+        if window_start and self.args.fsft_replay_lambda > 0:
             if self._fsft_replay is None:
                 self._fsft_replay = AnswerReplay(self.processing_class, self._fsft_triggers, self._fsft_targets,
                                                  per_step=self.args.fsft_anchor_prompts, seed=self.args.seed)
@@ -248,14 +254,17 @@ class FSFTTrainer(SFTTrainer):
             with torch.no_grad():
                 value = self.fsft_penalty(variant="input" if self.args.fsft_variant == "project" else None)
         self._metrics[mode]["fsft_penalty"].append(float(value))
-        if mode == "train" and (self._fsft_anchor is not None or rows is not None):
+        if window_start and (self._fsft_anchor is not None or rows is not None):
             replay, anchor = self._fsft_replay_and_anchor(unwrapped, joint, rows)
+            # Whole weight once per window: the Trainer divides the loss by the window's length itself only when
+            # the task loss is not normalised over the window (no num_items_in_batch).
+            once = self.current_gradient_accumulation_steps / steps
             with torch.autocast(device_type=loss.device.type, enabled=False):
                 if anchor is not None:
-                    loss = loss + self.args.fsft_anchor_lambda * anchor.to(loss.dtype) / steps
+                    loss = loss + self.args.fsft_anchor_lambda * once * anchor.to(loss.dtype)
                     self._metrics[mode]["fsft_anchor"].append(float(anchor.detach()))
                 if replay is not None:
-                    loss = loss + self.args.fsft_replay_lambda * replay.to(loss.dtype) / steps
+                    loss = loss + self.args.fsft_replay_lambda * once * replay.to(loss.dtype)
                     self._metrics[mode]["fsft_replay"].append(float(replay.detach()))
         return (loss, outputs) if return_outputs else loss
 
