@@ -34,6 +34,10 @@ CONFIGS = {
                                                    fsft_replay_lambda=1.0, fsft_anchor_prompts=1),
     "FSFT input + anchor + replay, 4 prompts": dict(fsft_variant="input", fsft_lambda=100.0, fsft_anchor_lambda=100.0,
                                                     fsft_replay_lambda=1.0, fsft_anchor_prompts=4),
+    # the README's persisting setting (replay in its own pass on a CPU, as fsft_replay_pass="auto" chooses there)
+    "FSFT persisting": dict(fsft_lambda=100.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2),
+    "FSFT persisting, joint pass": dict(fsft_lambda=100.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
+                                        fsft_replay_pass="joint"),
 }
 
 
@@ -43,6 +47,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG",
                         help=f"which of {list(CONFIGS)} to time (SFTTrainer is always included)")
@@ -57,7 +62,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name in chosen if repeat % 2 == 0 else chosen[::-1]:
             command = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
-                       "--batch-size", str(args.batch_size)] + (["--bf16"] if args.bf16 else [])
+                       "--batch-size", str(args.batch_size), "--accumulation", str(args.accumulation)]
+            command += ["--bf16"] if args.bf16 else []
             proc = subprocess.run(command, capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("TIMES ")]
             if proc.returncode != 0 or not lines:
@@ -70,7 +76,7 @@ def main() -> None:
             for name, t in steps.items()]
     lines = [
         f"FSFT overhead on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; math task, batch "
-        f"{args.batch_size}, {'bf16 autocast' if args.bf16 else 'float32'}, median of {args.repeats} x "
+        f"{args.batch_size} x {args.accumulation} accumulation, {'bf16 autocast' if args.bf16 else 'float32'}, median of {args.repeats} x "
         f"{args.steps - args.warmup} timed steps per configuration, each run in its own process, order alternating. "
         f"`python benchmarks/fsft_overhead.py {' '.join(sys.argv[1:])}`\n",
         "| trainer | s/step (median) | ratio to SFTTrainer |",
@@ -105,7 +111,7 @@ def time_steps(name: str, args: argparse.Namespace) -> list[float]:
                                 torch.randn(weight.shape[0], 10, generator=generator) * 1e-3,
                                 torch.randn(weight.shape[1], 10, generator=generator)))
     fps = hfp.FingerprintSet.generate(10, seed=0)
-    data = hfp.math_task(args.batch_size * (args.steps + 1), seed=0)
+    data = hfp.math_task(args.batch_size * args.accumulation * (args.steps + 1), seed=0)
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -118,7 +124,8 @@ def time_steps(name: str, args: argparse.Namespace) -> list[float]:
             self.times.append(time.perf_counter() - self.began)
 
     settings = dict(output_dir="/tmp/hf-fingerprint-overhead", max_steps=args.steps, learning_rate=1e-5,
-                    per_device_train_batch_size=args.batch_size, lr_scheduler_type="constant", logging_steps=10**6,
+                    per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
+                    lr_scheduler_type="constant", logging_steps=10**6,
                     save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), bf16=args.bf16,
                     seed=0, max_length=512, disable_tqdm=True, dataloader_num_workers=0,
                     activation_checkpointing=False)
