@@ -379,6 +379,7 @@ def test_cli_fsft_help_and_end_to_end(models, tmp_path, capsys):
         str(tmp_path / "train.jsonl"), "--max-steps", "2", "--batch-size", "2", "--max-length", "64",
         "--learning-rate", "1e-2", "--logging-steps", "1", "--eval-fraction", "0.25", "--cpu", "--output-dir",
         str(out), "--anchor-lambda", "10", "--replay-lambda", "0.5",
+        "--replay-pass", "joint",
     ])
     with pytest.raises(FingerprintError, match="needs --fingerprints"):
         args.func(args)
@@ -392,7 +393,7 @@ def test_cli_fsft_help_and_end_to_end(models, tmp_path, capsys):
     penalties = [entry["fsft_penalty"] for entry in summary["log_history"] if "fsft_penalty" in entry]
     assert penalties[0] == 0.0 and summary["final_fsft_penalty"] > 0
     anchors = [entry["fsft_anchor"] for entry in summary["log_history"] if "fsft_anchor" in entry]
-    assert anchors[0] == 0.0 and anchors[-1] > 0 and summary["anchor_lambda"] == 10
+    assert anchors[0] < 1e-9 and anchors[-1] > 0 and summary["anchor_lambda"] == 10
     replays = [entry["fsft_replay"] for entry in summary["log_history"] if "fsft_replay" in entry]
     assert len(replays) == 2 and all(value > 0 for value in replays) and summary["replay_lambda"] == 0.5
     assert "eval_loss" in summary["eval"]

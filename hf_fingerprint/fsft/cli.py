@@ -62,8 +62,12 @@ def add_fsft_command(subparsers: Any) -> argparse.ArgumentParser:
     fsft.add_argument("--replay-lambda", type=float, default=0.0, help="Weight of the answer replay (0 = off): the "
                       "fingerprint pairs' own answer loss, which protects every layer on the way to the output. "
                       "Needs --fingerprints.")
-    fsft.add_argument("--anchor-prompts", type=int, default=4, help="Fingerprint prompts per step for the anchor "
-                      "and the replay.")
+    fsft.add_argument("--anchor-prompts", type=int, default=4, help="Fingerprint prompts per optimizer step for "
+                      "the anchor and the replay.")
+    fsft.add_argument("--replay-pass", choices=["auto", "joint", "separate"], default="auto", help="Run the replay "
+                      "in the training batch ('joint': fewer kernel launches, for small GPU steps) or in a pass of "
+                      "its own ('separate': no padding, for CPUs and long sequences); 'auto' joins on a GPU while "
+                      "the batch is at most twice as wide as the replay prompts.")
     fsft.add_argument("--fingerprints", metavar="FILE", default=None, help="The fingerprint set JSON (secret, "
                       "from 'generate'), for --anchor-lambda and --replay-lambda.")
     train = parser.add_argument_group("training")
@@ -162,7 +166,7 @@ def run_fsft(args: argparse.Namespace) -> int:
         activation_checkpointing=args.activation_checkpointing,
         save_strategy="no", fsft_lambda=args.fsft_lambda, fsft_variant=args.variant, fsft_rank=args.rank,
         fsft_energy=args.energy, fsft_anchor_lambda=args.anchor_lambda, fsft_anchor_prompts=args.anchor_prompts,
-        fsft_replay_lambda=args.replay_lambda,
+        fsft_replay_lambda=args.replay_lambda, fsft_replay_pass=args.replay_pass,
     )
     peft_config = None
     if args.lora_r > 0:
