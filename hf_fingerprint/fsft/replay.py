@@ -179,11 +179,11 @@ class JointReplay:
         if getattr(outputs, "log_probs", None) is not None:  # TRL's fused LM head: log-probs of the labels
             token_nll = -outputs.log_probs[batch:].float()  # (rows, total - 1), zero off the answer
             counts = mask[:, 1:].sum(-1)
-        elif getattr(outputs, "logits", None) is not None:
-            logits = outputs.logits[batch:, :-1].float()
-            token_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                        ignore_index=-100, reduction="none").view(labels[:, 1:].shape)
-            counts = mask[:, 1:].sum(-1)
+        elif getattr(outputs, "logits", None) is not None:  # full logits: score the answer positions only
+            answer = mask[:, 1:]
+            nll = F.cross_entropy(outputs.logits[batch:, :-1][answer].float(), labels[:, 1:][answer], reduction="none")
+            token_nll = torch.zeros(answer.shape, device=nll.device, dtype=nll.dtype).masked_scatter(answer, nll)
+            counts = answer.sum(-1)
         else:
             raise RuntimeError("The joint replay found neither log-probs nor logits in the model's outputs; use "
                                "fsft_replay_pass='separate'.")
@@ -201,5 +201,5 @@ class JointReplay:
         if getattr(outputs, "log_probs", None) is not None and getattr(outputs, "loss", None) is not None:
             count = kwargs.get("num_items_in_batch")
             count = outputs.label_mask.sum().clamp(min=1) if count is None else count
-            outputs["loss"] = -outputs.log_probs.sum() / count  # as the fused head computes it, over our rows
+            outputs["loss"] = -outputs.log_probs.sum() / count  # as the fused head computes it, on the batch alone
         return outputs
