@@ -59,29 +59,9 @@ class AnswerReplay:
         on the same triggers, in the same order), the anchor loss on the same prompts read off the same forward
         pass: one pass serves both terms instead of two. The anchor's own row cycle is not used."""
         rows = self._rows.next() if rows is None else rows
-        device = model_device(model)
-        # A CPU pays for every token, padding included (the prompts run 77-137 tokens): there each pair runs alone.
-        # A GPU pays per kernel launch: there the pairs run as one padded batch.
-        groups = [[row] for row in rows] if device.type == "cpu" else [list(rows)]
-        nlls, parts = [], []
-        for group in groups:
-            nll, keys = self._pass(model, anchor, group, device)
-            nlls.append(nll)
-            parts.append(keys)
-        replay = torch.cat(nlls).mean()
-        if anchor is None:
-            return replay, None
-        keys = [torch.cat([part[m] for part in parts]) for m in range(len(parts[0]))] if all(parts) else []
-        return replay, anchor.loss(keys, rows)
-
-    def _pass(
-        self, model: nn.Module, anchor: KeyAnchor | None, rows: list[int], device: torch.device
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Each row's mean answer-token NLL and, with ``anchor``, the keys of ``rows`` (one forward pass)."""
-        batch = make_batch(self._prompts, rows, _pad_id(model), device, with_answers=True)
+        batch = make_batch(self._prompts, rows, _pad_id(model), model_device(model), with_answers=True)
         # Only the positions that predict an answer token need logits (the prompt is ~100 tokens, the answer a few).
         first = int(batch.answer_mask.float().argmax(-1).min()) - 1
-        keys: list[torch.Tensor] = []
         with contextlib.ExitStack() as stack:
             if anchor is not None:
                 keys = stack.enter_context(anchor.watching(batch.key_index, rows))
@@ -94,7 +74,8 @@ class AnswerReplay:
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
                               reduction="none").view(labels.shape)
         mask = labels != -100
-        return (nll * mask).sum(-1) / mask.sum(-1), keys
+        replay = ((nll * mask).sum(-1) / mask.sum(-1)).mean()
+        return replay, (anchor.loss(keys, rows) if anchor is not None else None)
 
     def next_rows(self) -> list[int]:
         return self._rows.next()
