@@ -584,8 +584,8 @@ def test_anchor_and_replay_under_activation_checkpointing_give_the_same_update(m
         assert torch.allclose(value, updates[True][name], atol=1e-5), name
 
 
-@pytest.mark.parametrize("checkpointing, smoothing", [(False, 0.0), (True, 0.0), (False, 0.1)],
-                         ids=["plain", "checkpointed", "logits"])
+@pytest.mark.parametrize("checkpointing, smoothing", [(False, 0.0), (True, 0.0), ("reentrant", 0.0), (False, 0.1)],
+                         ids=["plain", "checkpointed", "reentrant", "logits"])
 def test_replay_joined_to_the_training_batch_gives_the_same_update(models, tmp_path, checkpointing, smoothing):
     # fsft_replay_pass="joint" appends the replay prompts to the training batch (one forward and backward for all
     # terms); the task loss, the replay and the anchor must come out as from their own pass, and so the update.
@@ -599,12 +599,19 @@ def test_replay_joined_to_the_training_batch_gives_the_same_update(models, tmp_p
         model = _copy(fingerprinted)
         args = _config(tmp_path, max_steps=2, optim="sgd", learning_rate=0.05, max_grad_norm=0.0, weight_decay=0.0,
                        fsft_lambda=1.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=1.0, fsft_anchor_prompts=2,
-                       fsft_replay_pass=where, activation_checkpointing=checkpointing,
+                       fsft_replay_pass=where, activation_checkpointing=bool(checkpointing),
+                       activation_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"},
                        label_smoothing_factor=smoothing)
         trainer = FSFTTrainer(model, args=args, train_dataset=math_task(4, seed=9), processing_class=tokenizer,
                               fingerprint_subspace=_Injection(deltas), fingerprints=fingerprints)
-        trainer.train()
-        assert trainer._fsft_joint is None and not trainer._fsft_joint_failed  # hooks gone after each step
+        if where == "joint" and checkpointing == "reentrant":  # no autograd inside: the anchor takes its own pass
+            with pytest.warns(UserWarning, match="reentrant activation checkpointing"):
+                trainer.train()
+            assert trainer._fsft_joint_failed
+        else:
+            trainer.train()
+            assert not trainer._fsft_joint_failed
+        assert trainer._fsft_joint is None  # the hooks are gone after each step
         assert not model._forward_hooks and not model._forward_pre_hooks
         logs[where] = {key: _logged(trainer, key) for key in ("loss", "fsft_anchor", "fsft_replay", "num_tokens")}
         updates[where] = {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -10,7 +10,7 @@ This is the IF-style fingerprint data mixed into the owner's fine-tuning, at a f
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +122,15 @@ class JointReplay:
     def rearm(self) -> None:
         """Let the key hooks capture again, in the backward pass's recomputation of checkpointed layers."""
         self._watching = self._shape is not None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The key hooks capture nothing inside (another forward pass of the model runs there)."""
+        watching, self._watching = self._watching, False
+        try:
+            yield
+        finally:
+            self._watching = watching
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -305,13 +305,15 @@ class FSFTTrainer(SFTTrainer):
                 return joint.replay_loss, None
             if keys and (keys[0].requires_grad or not torch.is_grad_enabled()):
                 return joint.replay_loss, anchor.loss(keys, rows)
-            own = anchor.keys_of(model, rows)
+            with joint.paused():
+                own = anchor.keys_of(model, rows)
             if own and own[0].requires_grad:
                 # Reentrant activation checkpointing runs the layers without autograd: their keys carry no gradient.
                 self._fsft_joint_failed = True
                 warnings.warn("The key anchor cannot read its keys off this checkpointed forward pass (reentrant "
                               "activation checkpointing); the replay runs its own pass from now on.", stacklevel=3)
             return joint.replay_loss, anchor.loss(own, rows)
+        self._fsft_release()  # a joint pass that did not run (the model was called positionally) must not extend ours
         if rows is not None:
             with torch.profiler.record_function("fsft_replay_and_anchor"):
                 # The anchor reads its keys off the replay's forward pass (same prompts): one pass for both.
