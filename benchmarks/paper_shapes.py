@@ -7,8 +7,8 @@ slow path: trigger keys first, then the last-token fallback); the times and memo
 Per shape: one injection with a fresh statistics cache (covariance statistics and null-space bases computed),
 then ``--repeats`` injections with the statistics cached (the model reverted in between), and one of those under
 cProfile (not timed). For ``--fsft-shape``: seconds per optimizer step of TRL's SFTTrainer and of FSFTTrainer
-(penalty only; penalty + key anchor + answer replay with 4 prompts, joint and separate pass, and with 2), batch 8, up to 256 tokens, full fine-tuning in bf16, each
-trainer in turn in this process and then again in reverse order, the median step after the warm-up steps.
+(penalty only; penalty + key anchor + answer replay with 4 prompts, joint and separate pass, and with 2), batch 8,
+up to 256 tokens, full fine-tuning in bf16, each trainer in turn in this process and then again in reverse order, the median step after the warm-up steps.
 
     python benchmarks/paper_shapes.py --tokenizer DIR --out DIR       # on the GPU machine
     python benchmarks/paper_shapes.py --shapes tiny --fsft-shape tiny --tokenizer DIR --out /tmp/shapes
@@ -43,6 +43,9 @@ SHAPES = {
     "tiny": ("llama", dict(hidden_size=128, intermediate_size=384, num_hidden_layers=8, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=32, vocab_size=49152, tie_word_embeddings=True)),
 }
+
+# The README's persisting FSFT setting: lambda 100 (the default), key anchor 100, answer replay 0.2, 4 prompts.
+PERSISTING = dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2)
 
 
 def build(shape: str, tokenizer, device: torch.device):
@@ -186,14 +189,12 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
             sync()
             self.times.append(time.perf_counter() - self.began)
 
-    configs = {  # the README's persisting setting: lambda 100 (the default), anchor 100, replay 0.2, 4 prompts
+    configs = {
         "SFTTrainer": None,
         "FSFT input (default)": dict(),
-        "FSFT + anchor + replay (persisting)": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2),
-        "FSFT + anchor + replay, separate pass": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
-                                                      fsft_replay_pass="separate"),
-        "FSFT + anchor + replay, 2 prompts": dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
-                                                  fsft_anchor_prompts=2),
+        "FSFT + anchor + replay (persisting)": PERSISTING,
+        "FSFT + anchor + replay, separate pass": dict(PERSISTING, fsft_replay_pass="separate"),
+        "FSFT + anchor + replay, 2 prompts": dict(PERSISTING, fsft_anchor_prompts=2),
     }
     settings = dict(output_dir=tempfile.mkdtemp(), max_steps=args.fsft_steps, learning_rate=1e-6,
                     per_device_train_batch_size=8, gradient_accumulation_steps=args.fsft_accumulation,
@@ -226,11 +227,11 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if args.fsft_profile:
-        profile_step(model, tokenizer, data, deltas, fps, settings,
-                     dict(fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2), out)
+        profile_step(model, tokenizer, data, deltas, fps, settings, PERSISTING, out)
     base = statistics.median(times["SFTTrainer"])
-    return dict(shape=shape, accumulation=args.fsft_accumulation, rows=[dict(config=name, median_s=statistics.median(t), ratio=statistics.median(t) / base,
-                                        steps=len(t), peak_bytes=peaks[name]) for name, t in times.items()])
+    return dict(shape=shape, accumulation=args.fsft_accumulation,
+                rows=[dict(config=name, median_s=statistics.median(t), ratio=statistics.median(t) / base,
+                           steps=len(t), peak_bytes=peaks[name]) for name, t in times.items()])
 
 
 def main() -> None:

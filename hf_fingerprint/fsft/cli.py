@@ -66,8 +66,8 @@ def add_fsft_command(subparsers: Any) -> argparse.ArgumentParser:
                       "the anchor and the replay.")
     fsft.add_argument("--replay-pass", choices=["auto", "joint", "separate"], default="auto", help="Run the replay "
                       "in the training batch ('joint': fewer kernel launches, for small GPU steps) or in a pass of "
-                      "its own ('separate': padded only to the replay prompts, for CPUs and long sequences); 'auto' joins on a GPU while "
-                      "the batch is at most twice as wide as the replay prompts.")
+                      "its own ('separate': padded only to the replay prompts, for CPUs and long sequences); 'auto' "
+                      "joins on a GPU while the batch is at most twice as wide as the replay prompts.")
     fsft.add_argument("--fingerprints", metavar="FILE", default=None, help="The fingerprint set JSON (secret, "
                       "from 'generate'), for --anchor-lambda and --replay-lambda.")
     train = parser.add_argument_group("training")
