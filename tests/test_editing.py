@@ -378,3 +378,27 @@ def test_shortcuts_give_the_same_keys_and_values_as_full_passes(arch):
     assert not torch.equal(replayed[0], replayed[1])  # the vector moved
     for a, b in zip(replayed, plain):
         assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_value_optimisation_gives_up_on_answers_that_do_not_move(caplog):
+    """A tiny random model carries nothing from the trigger to the answer: the NLL at trigger keys stays put, so
+    the batch stops after ``patience`` steps instead of running all of them; patience 0 never gives up."""
+    import logging
+
+    from hf_fingerprint.editing.tracing import build_prompts, optimise_values
+
+    model, tokenizer = tiny_model("llama")
+    layout = find_layout(model)
+    fps = FingerprintSet.generate(3, seed=0)
+    prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position="trigger")
+
+    def steps_run(patience):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="hf_fingerprint.editing.tracing"):
+            _, _, nll = optimise_values(model, layout, prompts, 1, steps=40, stop_loss=1e-6, patience=patience)
+        return sum("target values, step" in r.getMessage() for r in caplog.records), nll
+
+    given_up, nll = steps_run(10)
+    assert given_up == 11  # steps 0-10: the eleventh pass sees no progress and stops
+    assert float(nll.min()) > 1.0  # genuinely stuck, not converged
+    assert steps_run(0)[0] == 41

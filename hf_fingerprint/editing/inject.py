@@ -158,12 +158,13 @@ def inject(
     Method options (all optional): ``mom2_weight`` (MEMIT and RLEdit, 100), ``alpha`` and ``nullspace_threshold``
     (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10); target values
     ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys;
-    25, 0.5, 4, 0.05 for ``"last"``); ``drift_samples`` and ``drift_scale`` (0, 0.02: also solve for the keys
-    of randomly perturbed copies of the upstream weights); ``value_noise`` and ``value_noise_rank`` (0.1,
-    16: optimise the target values under random rank-16 perturbations of every linear layer after the edited
-    ones, of that relative Frobenius norm, so they still work once fine-tuning has moved those layers; 0 turns
-    it off); ``corpus`` and
-    ``stats_tokens`` (covariance statistics, 20k tokens of the built-in corpus).
+    25, 0.5, 4, 0.05 for ``"last"``), ``value_patience`` and ``value_min_progress`` (10, 0.1 for trigger keys: stop
+    once every answer is below the stop loss or has fallen less than 10 % in 10 steps; 0, never, for "last");
+    ``drift_samples`` and ``drift_scale`` (0, 0.02: also solve for the keys of randomly perturbed copies of the
+    upstream weights); ``value_noise`` and ``value_noise_rank`` (0.1, 16: optimise the target values under random
+    rank-16 perturbations of every linear layer after the edited ones, of that relative Frobenius norm, so they
+    still work once fine-tuning has moved those layers; 0 turns it off); ``corpus`` and ``stats_tokens``
+    (covariance statistics, 20k tokens of the built-in corpus).
     """
     if method not in METHODS:
         raise InjectionError(f"Unknown method '{method}'; choose one of: {', '.join(METHODS)}.")

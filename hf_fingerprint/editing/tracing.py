@@ -198,6 +198,8 @@ def optimise_values(
     clamp_factor: float = 4.0,
     weight_decay: float = 1e-3,
     stop_loss: float = 0.05,
+    patience: int = 10,
+    min_progress: float = 0.1,
     batch_size: int = 16,
     noise: float = 0.0,
     noise_rank: int = 16,
@@ -209,7 +211,10 @@ def optimise_values(
     its norm is clamped to ``clamp_factor`` times the hidden state's norm. With ``noise`` > 0 every step runs
     under a fresh random rank-``noise_rank`` perturbation of each linear layer after ``layer`` (Frobenius norm
     ``noise`` times the weight's), so ``z`` works in a neighbourhood of the downstream weights, as they will be
-    after someone fine-tunes the model. Returns ``(z, h, nll)``: the target and the original outputs (rows x
+    after someone fine-tunes the model. A batch stops once every answer's NLL is below ``stop_loss`` or, after
+    ``patience`` steps (0: never), has fallen by less than ``min_progress`` of where it started: a vector at
+    that position cannot move that answer (random attention, say), and the rest of the steps would be wasted.
+    Returns ``(z, h, nll)``: the target and the original outputs (rows x
     hidden, float32, CPU) and each answer's mean token NLL with ``z`` (on the unperturbed model).
     """
     device = model_device(model)
@@ -232,7 +237,7 @@ def optimise_values(
         for start in range(0, len(rows), batch_size):
             batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=True)
             z, h, nll = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss,
-                                        perturb, upstream)
+                                        perturb, upstream, patience, min_progress)
             targets.append(z)
             originals.append(h)
             losses.append(nll)
@@ -315,7 +320,8 @@ def _replaying(modules: Sequence[torch.nn.Module], outputs: Sequence[Any]) -> It
 
 
 def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss,
-                    perturb: _DownstreamNoise | None = None, upstream: Sequence[torch.nn.Module] = ()):
+                    perturb: _DownstreamNoise | None = None, upstream: Sequence[torch.nn.Module] = (),
+                    patience: int = 0, min_progress: float = 0.1):
     """Optimise one batch. The prompt before the earliest key position is run once into a KV cache; each
     step then runs only the key position onward (the prompt tail and the answer), so a step costs a few
     tokens per prompt instead of the whole prompt. The ``upstream`` layers (up to the edited one) do not see
@@ -395,10 +401,15 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
                 per_row = answer_nll()
             loss = per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
             state["loss"] = per_row.detach()
-            worst = per_row.max().item()
+            if step == 0:
+                first_nll = per_row.detach()
+            done = per_row.detach() < stop_loss
+            if 0 < patience <= step:  # rows that have not moved are given up on: they need not hold the batch
+                done |= per_row.detach() > (1.0 - min_progress) * first_nll
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("target values, step %d: answer NLL max %.4f, mean %.4f", step, worst, per_row.mean().item())
-            if step == steps or worst < stop_loss:  # the last pass only measures
+                logger.debug("target values, step %d: answer NLL max %.4f, mean %.4f", step, per_row.max().item(),
+                             per_row.mean().item())
+            if step == steps or bool(done.all()):  # the last pass only measures
                 break
             optimizer.zero_grad()
             loss.backward()
