@@ -8,7 +8,8 @@ Per shape: one injection with a fresh statistics cache (covariance statistics an
 then ``--repeats`` injections with the statistics cached (the model reverted in between), and one of those under
 cProfile (not timed). For ``--fsft-shape``: seconds per optimizer step of TRL's SFTTrainer and of FSFTTrainer
 (penalty only; penalty + key anchor + answer replay with 4 prompts, joint and separate pass, and with 2), batch 8,
-up to 256 tokens, full fine-tuning in bf16, each trainer in turn in this process and then again in reverse order, the median step after the warm-up steps.
+up to 256 tokens, full fine-tuning in bf16, the trainers interleaved step by step in this process (one thread each,
+one step at a time), the median step after the warm-up steps.
 
     python benchmarks/paper_shapes.py --tokenizer DIR --out DIR       # on the GPU machine
     python benchmarks/paper_shapes.py --shapes tiny --fsft-shape tiny --tokenizer DIR --out /tmp/shapes
@@ -26,6 +27,7 @@ import pstats
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -163,7 +165,35 @@ def profile_step(model, tokenizer, data, deltas, fps, settings, config, out: Pat
     gc.collect()
 
 
+class Baton:
+    """Whose turn it is to run an optimizer step, round robin over trainers that each train in a thread of their
+    own: one step at a time, so every trainer is timed on the same machine in the same minutes, and a drift of the
+    host's speed (this GPU machine's steps drift by +-25 % between trainers run one after another) falls on all."""
+
+    def __init__(self, count: int):
+        self.condition = threading.Condition()
+        self.turn = 0
+        self.finished = [False] * count
+
+    def wait(self, index: int) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.turn == index)
+
+    def pass_on(self, index: int, *, finished: bool = False) -> None:
+        with self.condition:
+            self.finished[index] |= finished
+            if self.turn == index:
+                count = len(self.finished)
+                following = [(index + k) % count for k in range(1, count + 1)]
+                self.turn = next((j for j in following if not self.finished[j]), index)
+            self.condition.notify_all()
+
+
 def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
+    """Seconds per optimizer step of SFTTrainer and the FSFT settings, interleaved step by step (:class:`Baton`).
+
+    The trainers share one model (each has its own optimizer): at learning rate 1e-6 the weights barely move, and
+    the memory is one model plus one optimizer state per trainer."""
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -177,18 +207,6 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
         for delta in deltas:
             model.get_submodule(delta.module).weight += delta.dense().to(device, model.dtype)
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times: list[float] = []
-
-        def on_step_begin(self, *_, **__):
-            sync()
-            self.began = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            sync()
-            self.times.append(time.perf_counter() - self.began)
-
     configs = {
         "SFTTrainer": None,
         "FSFT input (default)": dict(),
@@ -196,42 +214,81 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
         "FSFT + anchor + replay, separate pass": dict(PERSISTING, fsft_replay_pass="separate"),
         "FSFT + anchor + replay, 2 prompts": dict(PERSISTING, fsft_anchor_prompts=2),
     }
+    configs = {name: config for name, config in configs.items() if name == "SFTTrainer" or not args.fsft_configs
+               or any(word in name for word in args.fsft_configs)}
+    baton = Baton(len(configs))
+
+    class Turn(TrainerCallback):
+        """Waits for its trainer's turn before each step and times the step; the final step keeps the baton until
+        ``train`` has returned, so no trainer's clean-up runs beside another's timed step."""
+
+        def __init__(self, index: int):
+            self.index = index
+            self.times: list[float] = []
+
+        def on_step_begin(self, *_, **__):
+            baton.wait(self.index)
+            sync()
+            self.began = time.perf_counter()
+
+        def on_step_end(self, _args, state, *_, **__):
+            sync()
+            self.times.append(time.perf_counter() - self.began)
+            if state.global_step < state.max_steps:
+                baton.pass_on(self.index)
+
     settings = dict(output_dir=tempfile.mkdtemp(), max_steps=args.fsft_steps, learning_rate=1e-6,
                     per_device_train_batch_size=8, gradient_accumulation_steps=args.fsft_accumulation,
                     lr_scheduler_type="constant", logging_steps=10**6,
                     save_strategy="no", report_to="none", bf16=device.type == "cuda", use_cpu=device.type != "cuda",
                     seed=0, max_length=256, disable_tqdm=True, dataloader_num_workers=0)
-    configs = {name: config for name, config in configs.items() if name == "SFTTrainer" or not args.fsft_configs
-               or any(word in name for word in args.fsft_configs)}
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    peaks: dict[str, int] = {}
-    order = list(configs)
-    for name in order + order[::-1]:
-        timer = StepTimer()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        if configs[name] is None:
-            trainer = SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data, processing_class=tokenizer,
-                                 callbacks=[timer])
+    turns, trainers = [], []
+    for index, (name, config) in enumerate(configs.items()):
+        turns.append(Turn(index))
+        if config is None:
+            trainers.append(SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data,
+                                       processing_class=tokenizer, callbacks=[turns[-1]]))
         else:
-            trainer = FSFTTrainer(model, args=FSFTConfig(**settings, **configs[name]), train_dataset=data,
-                                  processing_class=tokenizer, callbacks=[timer], fingerprint_subspace=deltas,
-                                  fingerprints=fps)
-        trainer.train()
-        times[name] += timer.times[args.fsft_warmup:]
-        peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)
-        print(f"  {name}: {[round(t, 3) for t in timer.times]}", flush=True)
+            trainers.append(FSFTTrainer(model, args=FSFTConfig(**settings, **config), train_dataset=data,
+                                        processing_class=tokenizer, callbacks=[turns[-1]], fingerprint_subspace=deltas,
+                                        fingerprints=fps))
+    errors: dict[str, str] = {}
+
+    def train(index: int, name: str) -> None:
+        try:
+            trainers[index].train()
+        except Exception:
+            errors[name] = traceback.format_exc()[-2000:]
+        finally:
+            baton.pass_on(index, finished=True)
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    threads = [threading.Thread(target=train, args=(i, name)) for i, name in enumerate(configs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    for name, turn in zip(configs, turns):
+        print(f"  {name}: {[round(t, 3) for t in turn.times]}", flush=True)
+    if errors:
+        raise RuntimeError("; ".join(f"{name}: {text}" for name, text in errors.items()))
+    times = {name: turn.times[args.fsft_warmup:] for name, turn in zip(configs, turns)}
+    for trainer in trainers:
         trainer.accelerator.free_memory()  # accelerate keeps references to the model and optimizer otherwise
-        del trainer
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    del trainers
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     if args.fsft_profile:
         profile_step(model, tokenizer, data, deltas, fps, settings, PERSISTING, out)
     base = statistics.median(times["SFTTrainer"])
-    return dict(shape=shape, accumulation=args.fsft_accumulation,
+    # Per round, each trainer's step over the SFTTrainer step of the same round: the drift cancels within a round.
+    return dict(shape=shape, accumulation=args.fsft_accumulation, interleaved=True, peak_bytes=peak,
                 rows=[dict(config=name, median_s=statistics.median(t), ratio=statistics.median(t) / base,
-                           steps=len(t), peak_bytes=peaks[name]) for name, t in times.items()])
+                           paired_ratio=statistics.median(a / b for a, b in zip(t, times["SFTTrainer"])),
+                           steps=len(t), times=t) for name, t in times.items()])
 
 
 def main() -> None:
@@ -241,7 +298,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (SmolLM2's: BPE and a chat template)")
     parser.add_argument("--fingerprints", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--fsft-steps", type=int, default=8)
+    parser.add_argument("--fsft-steps", type=int, default=14)
     parser.add_argument("--fsft-warmup", type=int, default=2)
     parser.add_argument("--fsft-accumulation", type=int, default=1,
                         help="gradient accumulation steps of the FSFT timing (micro-batches of 8 per optimizer step)")
@@ -336,10 +393,13 @@ def markdown(record: dict) -> str:
         if "error" in fsft:
             lines.append(f"error: {fsft['error'].splitlines()[-1]}")
         else:
-            lines += ["| trainer | s/step (median) | ratio to SFTTrainer | steps timed | peak GPU memory (GiB) |",
+            lines += ["Trainers interleaved step by step on one model (one optimizer each); peak GPU memory of all "
+                      f"together {fsft['peak_bytes'] / gib:.1f} GiB. Paired ratio: the median over rounds of the "
+                      "step's time over the SFTTrainer step of the same round.", "",
+                      "| trainer | s/step (median) | ratio to SFTTrainer | paired ratio | steps timed |",
                       "|---|---|---|---|---|"]
-            lines += [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x | {r['steps']} | "
-                      f"{r['peak_bytes'] / gib:.1f} |" for r in fsft["rows"]]
+            lines += [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x | {r['paired_ratio']:.3f}x | "
+                      f"{r['steps']} |" for r in fsft["rows"]]
     return "\n".join(lines) + "\n"
 
 
