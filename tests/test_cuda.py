@@ -40,6 +40,36 @@ def test_alphaedit_on_cuda_reaches_full_fsr_and_reverts(arch):
         assert p.device.type == "cuda" and torch.allclose(p, original[name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("position", ["last", "trigger"])
+def test_value_steps_replayed_as_a_cuda_graph_match_eager_steps(arch, position, caplog):
+    """The recorded step gives the eager steps' values (no noise: the same arithmetic), and it was recorded: a
+    silent fall-back to eager steps would pass the comparison, so the log line is checked too."""
+    import logging
+
+    from hf_fingerprint.editing.tracing import build_prompts, optimise_values
+
+    model, tokenizer = tiny_model(arch)
+    model.to("cuda")
+    layout = find_layout(model)
+    fps = FingerprintSet.generate(3, seed=0)
+    prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position=position)
+    options = dict(steps=12, stop_loss=1e-6, patience=0)
+    with caplog.at_level(logging.INFO, logger="hf_fingerprint.editing.tracing"):
+        graphed = optimise_values(model, layout, prompts, 1, cuda_graph=True, **options)
+    assert any("replayed as a CUDA graph" in r.getMessage() for r in caplog.records), caplog.text
+    eager = optimise_values(model, layout, prompts, 1, cuda_graph=False, **options)
+    for a, b in zip(graphed, eager):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3), (a - b).abs().max()
+    assert torch.isfinite(eager[2]).all()
+    # With noise the replays draw afresh each time; the result is finite and the NLL falls.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_fingerprint.editing.tracing"):
+        z, h, nll = optimise_values(model, layout, prompts, 1, cuda_graph=True, noise=0.1, **options)
+    assert any("replayed as a CUDA graph" in r.getMessage() for r in caplog.records)
+    assert torch.isfinite(z).all() and not torch.equal(z, h)
+
+
 def test_statistics_on_cuda_equal_those_on_the_cpu(tmp_path, monkeypatch):
     model, tokenizer = tiny_model("llama")
     layout = find_layout(model)

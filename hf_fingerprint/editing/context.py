@@ -133,6 +133,7 @@ class EditContext:
             noise=float(o["value_noise"]),
             noise_rank=int(o["value_noise_rank"]),
             seed=int(o.get("value_noise_seed", 0)) * 1000 + layer,
+            cuda_graph=bool(o.get("value_cuda_graph", True)),
         )
 
     def statistics(self, layer: int) -> torch.Tensor:

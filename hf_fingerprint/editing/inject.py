@@ -160,6 +160,7 @@ def inject(
     ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys;
     25, 0.5, 4, 0.05 for ``"last"``), ``value_patience`` and ``value_min_progress`` (10, 0.1 for trigger keys: stop
     once every answer is below the stop loss or has fallen less than 10 % in 10 steps; 0, never, for "last");
+    ``value_cuda_graph`` (True: on a GPU, the steps are recorded once as a CUDA graph and replayed);
     ``drift_samples`` and ``drift_scale`` (0, 0.02: also solve for the keys of randomly perturbed copies of the
     upstream weights); ``value_noise`` and ``value_noise_rank`` (0.1, 16: optimise the target values under random
     rank-16 perturbations of every linear layer after the edited ones, of that relative Frobenius norm, so they

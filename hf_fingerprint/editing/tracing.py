@@ -204,6 +204,7 @@ def optimise_values(
     noise: float = 0.0,
     noise_rank: int = 16,
     seed: int = 0,
+    cuda_graph: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each prompt, the output ``z`` of ``layer`` at its key position that makes the model emit its answer.
 
@@ -214,7 +215,9 @@ def optimise_values(
     after someone fine-tunes the model. A batch stops once every answer's NLL is below ``stop_loss`` or, after
     ``patience`` steps (0: never), has fallen by less than ``min_progress`` of where it started: a vector at
     that position cannot move that answer (random attention, say), and the rest of the steps would be wasted.
-    Returns ``(z, h, nll)``: the target and the original outputs (rows x
+    On a GPU each step's forward and backward pass is recorded once as a CUDA graph and replayed (``cuda_graph``;
+    a step of a few tokens through a large model is otherwise bound by kernel launches); where recording fails, the
+    steps run as usual. Returns ``(z, h, nll)``: the target and the original outputs (rows x
     hidden, float32, CPU) and each answer's mean token NLL with ``z`` (on the unperturbed model).
     """
     device = model_device(model)
@@ -232,12 +235,16 @@ def optimise_values(
         downstream = [m for i in range(layer + 1, layout.num_layers)
                       for m in get_module(model, layout.layer_name(i)).modules() if isinstance(m, torch.nn.Linear)]
         perturb = _DownstreamNoise(downstream, noise, noise_rank, seed)
+    # A recorded step reuses the tail's attention mask in every layer: not for models with sliding-window layers.
+    graphable = (cuda_graph and device.type == "cuda"
+                 and "sliding_attention" not in (getattr(model.config, "layer_types", None) or ()))
     try:
         rows = list(range(len(prompts.ids)))
         for start in range(0, len(rows), batch_size):
             batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=True)
             z, h, nll = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss,
-                                        perturb, upstream, patience, min_progress)
+                                        perturb, upstream, patience, min_progress,
+                                        cuda_graph=graphable, seed=seed)
             targets.append(z)
             originals.append(h)
             losses.append(nll)
@@ -267,12 +274,15 @@ class _DownstreamNoise:
                        for key, members in groups.items()]
         self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def resample(self) -> None:
+    def resample(self, *, default_generator: bool = False) -> None:
+        """Draw new factors (from the default generator of the device when ``default_generator``: a CUDA graph
+        draws afresh from it at every replay)."""
+        generator = None if default_generator else self.generator
         factors: list = [None] * len(self.modules)
         for ((out_features, in_features), device, dtype), members, norms in self.groups:
             n = len(members)
-            A = torch.randn(n, self.rank, in_features, generator=self.generator, device=self.device)
-            B = torch.randn(n, out_features, self.rank, generator=self.generator, device=self.device)
+            A = torch.randn(n, self.rank, in_features, generator=generator, device=self.device)
+            B = torch.randn(n, out_features, self.rank, generator=generator, device=self.device)
             # |B A|_F^2 = trace(B^T B A A^T) without forming B A (both factors symmetric: a sum of products)
             size = ((B.transpose(1, 2) @ B) * (A @ A.transpose(1, 2))).sum((1, 2)).sqrt()
             A = (A * (self.scale * norms / size)[:, None, None]).to(device, dtype)
@@ -321,7 +331,7 @@ def _replaying(modules: Sequence[torch.nn.Module], outputs: Sequence[Any]) -> It
 
 def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss,
                     perturb: _DownstreamNoise | None = None, upstream: Sequence[torch.nn.Module] = (),
-                    patience: int = 0, min_progress: float = 0.1):
+                    patience: int = 0, min_progress: float = 0.1, *, cuda_graph: bool = False, seed: int = 0):
     """Optimise one batch. The prompt before the earliest key position is run once into a KV cache; each
     step then runs only the key position onward (the prompt tail and the answer), so a step costs a few
     tokens per prompt instead of the whole prompt. The ``upstream`` layers (up to the edited one) do not see
@@ -351,11 +361,13 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
     label_mask, labels = label_mask[:, first:], labels[:, first:]
     keep = label_mask.shape[1] + 1
 
+    masks: dict[str, Any] = {"tail": batch.attention_mask}
+
     def run_tail():
         cache = _sharing_copy(prefix_cache) if prefix_cache is not None else None
         return model(
             input_ids=batch.input_ids[:, tail],
-            attention_mask=batch.attention_mask,
+            attention_mask=masks["tail"],
             position_ids=batch.position_ids[:, tail],
             past_key_values=cache,
             use_cache=cache is not None,
@@ -378,10 +390,14 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
             recorded[index] = output
         return fn
 
+    def record_mask(_module, _args, kwargs):
+        masks["layer"] = kwargs.get("attention_mask")  # the mask the model built for the tail
+
     with contextlib.ExitStack() as stack:
         stack.enter_context(_hooks([layer_module.register_forward_hook(hook)]))
-        with _hooks([m.register_forward_hook(record(i)) for i, m in enumerate(upstream)]), torch.no_grad():
-            run_tail()  # records h and the upstream outputs
+        with _hooks([m.register_forward_hook(record(i)) for i, m in enumerate(upstream)]
+                    + [layer_module.register_forward_pre_hook(record_mask, with_kwargs=True)]), torch.no_grad():
+            run_tail()  # records h, the upstream outputs and the attention mask
         stack.enter_context(_replaying(upstream, [recorded[i] for i in range(len(upstream))]))
         h = state["h"]
         delta = torch.zeros_like(h, requires_grad=True)
@@ -392,14 +408,21 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
             return (nll * label_mask).sum(1) / label_mask.sum(1)
 
-        for step in range(steps + 1):
+        def measure(default_generator: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
             if perturb is not None:  # every step under other downstream weights; the stop rule sees them too
-                perturb.resample()
+                perturb.resample(default_generator=default_generator)
                 with perturb.active():
                     per_row = answer_nll()
             else:
                 per_row = answer_nll()
-            loss = per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
+            return per_row, per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
+
+        graphed = _GraphedStep(measure, delta, masks, seed) if cuda_graph else None
+        for step in range(steps + 1):
+            if graphed is not None and graphed.ready:
+                per_row, loss = graphed.replay()  # the gradient is already in delta.grad
+            else:
+                per_row, loss = measure()
             state["loss"] = per_row.detach()
             if step == 0:
                 first_nll = per_row.detach()
@@ -411,17 +434,77 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
                              per_row.mean().item())
             if step == steps or bool(done.all()):  # the last pass only measures
                 break
-            optimizer.zero_grad()
-            loss.backward()
+            if graphed is None or not graphed.ready:
+                optimizer.zero_grad()
+                loss.backward()
+                if graphed is not None and not graphed.closed:
+                    graphed.record()  # replayed from the next step on
             optimizer.step()
             with torch.no_grad():
                 norms = delta.norm(dim=-1, keepdim=True)
                 delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms)))
+        if graphed is not None:
+            graphed.close()
         if perturb is not None:
             with torch.no_grad():
                 state["loss"] = answer_nll()  # reported on the model as it is
     logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in state.get("loss", torch.zeros(0)).tolist()])
     return (h + delta.detach()).cpu(), h.cpu(), state["loss"].float().cpu()
+
+
+class _GraphedStep:
+    """One value-optimisation step (the noise draw, forward, loss and backward) recorded as a CUDA graph.
+
+    Recorded after the first eager step (whose backward also warms up autograd and cuBLAS), under the 4D attention
+    mask the model built then (mask building reads tensors on the host, which recording forbids). The noise comes
+    from the device's default generator, seeded here and given back as it was by :meth:`close`. Every replay writes
+    the loss and the gradient into the same memory; nothing may set ``delta.grad`` to None meanwhile. Where
+    recording fails (an operation that syncs with the host, say) the steps stay eager, with a warning."""
+
+    def __init__(self, measure, delta: torch.Tensor, masks: dict[str, Any], seed: int):
+        self.measure, self.delta, self.masks, self.seed = measure, delta, masks, seed
+        self.ready = self.closed = False
+        self.graph = None
+        self.rng = torch.cuda.get_rng_state(delta.device)
+
+    def record(self) -> None:
+        mask = self.masks.get("layer")
+        if not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
+            logger.info("target values: no 4D attention mask to record a CUDA graph with; steps stay eager")
+            self.close()
+            return
+        eager_mask, grad = self.masks["tail"], self.delta.grad
+        self.masks["tail"] = mask
+        torch.cuda.manual_seed(self.seed)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            self.delta.grad = None
+            with torch.cuda.graph(graph):
+                per_row, loss = self.measure(default_generator=True)
+                loss.backward()
+        except Exception as error:  # noqa: BLE001  (recording is an optimisation: fall back, say why)
+            logger.warning("target values: recording a CUDA graph failed (%s: %s); steps stay eager",
+                           type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            torch.cuda.synchronize()
+            self.masks["tail"] = eager_mask
+            self.delta.grad = grad
+            self.close()
+            return
+        self.graph, self.outputs = graph, (per_row, loss)
+        with torch.no_grad():  # delta.grad is the graph's memory now: give it this step's eager gradient
+            self.delta.grad.copy_(grad)
+        self.ready = True
+        logger.info("target values: steps replayed as a CUDA graph")
+
+    def replay(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.graph.replay()
+        return self.outputs
+
+    def close(self) -> None:
+        if not self.closed:
+            torch.cuda.set_rng_state(self.rng, self.delta.device)
+        self.ready, self.closed = False, True
+        self.graph = None
 
 
 def _pad_id(model: Any) -> int:
