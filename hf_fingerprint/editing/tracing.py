@@ -438,6 +438,9 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
                 optimizer.zero_grad()
                 loss.backward()
                 if graphed is not None and not graphed.closed:
+                    # Nothing may keep the eager autograd graph alive: its gradient accumulator for delta would
+                    # be reused on the recording stream and break the recording.
+                    per_row = loss = None
                     graphed.record()  # replayed from the next step on
             optimizer.step()
             with torch.no_grad():
