@@ -225,23 +225,24 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
     baton = Baton(len(configs))
 
     class Turn(TrainerCallback):
-        """Waits for its trainer's turn before each step and times the step; the final step keeps the baton until
-        ``train`` has returned, so no trainer's clean-up runs beside another's timed step."""
+        """Times its trainer's steps, one at a time among all trainers: the baton passes on when the trainer is
+        about to start its next step (or has returned from ``train``), so what a trainer does between two steps
+        (the next batch, logging, releasing hooks) never runs beside another trainer's timed step."""
 
         def __init__(self, index: int):
             self.index = index
             self.times: list[float] = []
 
         def on_step_begin(self, *_, **__):
+            if self.times:
+                baton.pass_on(self.index)
             baton.wait(self.index)
             sync()
             self.began = time.perf_counter()
 
-        def on_step_end(self, _args, state, *_, **__):
+        def on_step_end(self, *_, **__):
             sync()
             self.times.append(time.perf_counter() - self.began)
-            if state.global_step < state.max_steps:
-                baton.pass_on(self.index)
 
     settings = dict(output_dir=tempfile.mkdtemp(), max_steps=args.fsft_steps, learning_rate=1e-6,
                     per_device_train_batch_size=8, gradient_accumulation_steps=args.fsft_accumulation,
