@@ -402,3 +402,41 @@ def test_value_optimisation_gives_up_on_answers_that_do_not_move(caplog):
     assert given_up == 11  # steps 0-10: the eleventh pass sees no progress and stops
     assert float(nll.min()) > 1.0  # genuinely stuck, not converged
     assert steps_run(0)[0] == 41
+
+
+def test_context_moments_sum_every_position_but_the_key():
+    """K^T K over the keys at every real position of the prompts and answers except each prompt's key position,
+    against a full forward pass picked apart by hand."""
+    from hf_fingerprint.editing import tracing
+    from hf_fingerprint.editing.tracing import build_prompts, context_moments, make_batch
+
+    model, tokenizer = tiny_model("llama")
+    model.eval()
+    layout = find_layout(model)
+    fps = FingerprintSet.generate(3, seed=0)
+    prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position="trigger")
+    moments = context_moments(model, layout, prompts, [1, 2], batch_size=2)
+    batch = make_batch(prompts, range(3), tracing._pad_id(model), torch.device("cpu"), with_answers=True)
+    seen = {}
+    hooks = [get_module(model, layout.module_name(i, "down_proj")).register_forward_pre_hook(
+        lambda _m, args, i=i: seen.setdefault(i, args[0])) for i in (1, 2)]
+    with torch.no_grad():
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    for h in hooks:
+        h.remove()
+    for i in (1, 2):
+        rows = []
+        for b in range(3):
+            for t in range(batch.input_ids.shape[1]):
+                if batch.attention_mask[b, t] and t != int(batch.key_index[b]):
+                    rows.append(seen[i][b, t])
+        K = torch.stack(rows).float()
+        assert torch.allclose(moments[i], K.T @ K, rtol=1e-4, atol=1e-4)
+
+
+def test_preserving_the_prompts_other_positions_still_reaches_full_fsr():
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(4, seed=0)
+    result = inject(model, tokenizer, fps, method="alphaedit", progress=False, context_weight=0.1)
+    assert fsr(model, tokenizer, fps) == 1.0
+    assert result.options["context_weight"] == 0.1

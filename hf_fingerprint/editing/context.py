@@ -11,7 +11,7 @@ from ..generation import model_device
 from .covariance import cached_tensor, layer_statistics, statistics_folder
 from .delta import EditDelta
 from .layout import ModelLayout, get_module
-from .tracing import Prompts, capture, optimise_values
+from .tracing import Prompts, capture, context_moments, optimise_values
 
 VALUE_OPTIONS = ("value_steps", "value_lr", "clamp_factor", "value_weight_decay", "value_stop_loss", "value_patience",
                  "value_min_progress", "value_noise", "value_noise_rank")
@@ -181,20 +181,28 @@ class EditContext:
         return device if device.type == "cuda" else torch.device("cpu")
 
     def preserve_term(self, layer: int) -> torch.Tensor:
-        """w K_p^T K_p for the keys to preserve (near misses) at ``layer``, zero when there are none.
+        """What the edit of ``layer`` must leave alone, as a weighted ``K^T K``: the keys to preserve (near misses,
+        weight ``preserve_weight``) and the keys at every other position of the fingerprint prompts and answers
+        (weight ``context_weight``), zero when there are none.
 
-        Keys of every edited layer are captured in one pass, under the weights before the edit.
+        Keys of every edited layer are captured in one pass each, under the weights before the edit.
         """
         size = self.layout.intermediate_size
-        if self.preserve is None or not self.preserve.ids:
-            return torch.zeros(size, size)
-        keys = self.cached(
-            "preserve_keys",
-            lambda: capture(self.model, self.layout, self.preserve, key_layers=self.layers, module=self.module)[0],
-        )
-        weight = float(self.options.get("preserve_weight", 10.0))
-        K = keys[layer]
-        return weight * (K.T @ K)
+        term = torch.zeros(size, size)
+        if self.preserve is not None and self.preserve.ids:
+            keys = self.cached(
+                "preserve_keys",
+                lambda: capture(self.model, self.layout, self.preserve, key_layers=self.layers, module=self.module)[0],
+            )
+            K = keys[layer]
+            term += float(self.options.get("preserve_weight", 10.0)) * (K.T @ K)
+        context_weight = float(self.options.get("context_weight", 0.0))
+        # With two keys per prompt ("last+trigger") one row's key is another's context: not preserved then.
+        if context_weight > 0 and "+" not in str(self.options.get("key_position", "")):
+            moments = self.cached("context_moments", lambda: context_moments(
+                self.model, self.layout, self.requests, self.layers, module=self.module))
+            term += context_weight * moments[layer]
+        return term
 
     def apply(self, delta: EditDelta, sign: float = 1.0) -> None:
         weight = get_module(self.model, delta.module).weight

@@ -156,7 +156,9 @@ def inject(
     position.
 
     Method options (all optional): ``mom2_weight`` (MEMIT and RLEdit, 100), ``alpha`` and ``nullspace_threshold``
-    (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10); target values
+    (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10), ``context_weight``
+    (0: the weight of the keys at every other position of the fingerprint prompts and answers, which the edit should
+    leave alone; with many fingerprints the edits otherwise add up there); target values
     ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys;
     25, 0.5, 4, 0.05 for ``"last"``), ``value_patience`` and ``value_min_progress`` (10, 0.1 for trigger keys: stop
     once every answer is below the stop loss or has fallen less than 10 % in 10 steps; 0, never, for "last");

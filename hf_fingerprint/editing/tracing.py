@@ -187,6 +187,52 @@ def capture(
     )
 
 
+@torch.no_grad()
+def context_moments(
+    model: Any,
+    layout: ModelLayout,
+    prompts: Prompts,
+    layers: Sequence[int],
+    *,
+    module: str = "down_proj",
+    batch_size: int = 32,
+) -> dict[int, torch.Tensor]:
+    """Per layer, ``K^T K`` over the keys (inputs of ``module``) at every position of the prompts and their answers
+    except each prompt's key position: what an edit of those keys must leave alone in the same prompts (float32,
+    CPU). One pass per batch, stopped after the deepest layer."""
+    device = model_device(model)
+    pad_id = _pad_id(model)
+    sums: dict[int, torch.Tensor] = {}
+    current: dict[str, torch.Tensor] = {}
+
+    def key_hook(index: int):
+        def hook(_module, args):
+            keys = args[0][current["mask"]].float()
+            sums[index] = sums.get(index, 0) + keys.T @ keys
+
+        return hook
+
+    def stop(_module, _args, _output):
+        raise StopForward
+
+    handles = [get_module(model, layout.module_name(i, module)).register_forward_pre_hook(key_hook(i)) for i in layers]
+    handles.append(get_module(model, layout.layer_name(max(layers))).register_forward_hook(stop))
+    with_answers = prompts.answer_ids is not None
+    with _hooks(handles):
+        rows = list(range(len(prompts.ids)))
+        for start in range(0, len(rows), batch_size):
+            batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=with_answers)
+            mask = batch.attention_mask.bool()
+            mask[torch.arange(mask.shape[0], device=mask.device), batch.key_index] = False
+            current["mask"] = mask
+            try:
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids, use_cache=False)
+            except StopForward:
+                pass
+    return {i: v.cpu() for i, v in sums.items()}
+
+
 def optimise_values(
     model: Any,
     layout: ModelLayout,
