@@ -14,7 +14,7 @@ from .layout import ModelLayout, get_module
 from .tracing import Prompts, capture, context_moments, optimise_values
 
 VALUE_OPTIONS = ("value_steps", "value_lr", "clamp_factor", "value_weight_decay", "value_stop_loss", "value_patience",
-                 "value_min_progress", "value_noise", "value_noise_rank")
+                 "value_min_progress", "value_noise", "value_noise_rank", "value_cuda_graph")
 
 # Target-value defaults by key position. A vector at the last prompt token acts on the answer directly; one at a
 # trigger token must reach it through attention and needs a longer, stronger push (SmolLM2, 10 fingerprints:
@@ -22,8 +22,9 @@ VALUE_OPTIONS = ("value_steps", "value_lr", "clamp_factor", "value_weight_decay"
 # value_noise: optimise under random rank-16 perturbations (10 % of each norm) of the layers after the edit, which
 # plain fine-tuning moves (SmolLM2, 50 LoRA steps at lr 2e-4: FSR 100/60/40 % without, 100/100/100 % with).
 # value_patience / value_min_progress: at trigger keys, an answer whose NLL has not fallen by 10 % after 10 steps is
-# given up on and falls back to "last" (on SmolLM2 trigger keys fall by ~40 % in 10 steps; on random weights by < 1 %
-# in 100). The last token has no fallback, and its 25 steps run to the end.
+# given up on and falls back to "last" (on SmolLM2 trigger keys fall by ~40 % in 10 steps; on small random models by
+# < 1 % in 100, while random weights in the Llama-3.2-3B shape fall ~15 % in 10 and run on). The last token has no
+# fallback, and its 25 steps run to the end.
 VALUE_DEFAULTS = {
     "last": dict(value_steps=25, value_lr=0.5, clamp_factor=4.0, value_weight_decay=1e-3, value_stop_loss=0.05,
                  value_patience=0, value_min_progress=0.1, value_noise=0.1, value_noise_rank=16),
