@@ -524,13 +524,14 @@ class _GraphedStep:
             return
         eager_mask, grad = self.masks["tail"], self.delta.grad
         self.masks["tail"] = mask
-        torch.cuda.manual_seed(self.seed)
         graph = torch.cuda.CUDAGraph()
         try:
             self.delta.grad = None
-            with torch.cuda.graph(graph):
-                per_row, loss = self.measure(default_generator=True)
-                loss.backward()
+            with torch.cuda.device(self.delta.device):  # the model's GPU, whichever is current
+                torch.cuda.manual_seed(self.seed)
+                with torch.cuda.graph(graph):
+                    per_row, loss = self.measure(default_generator=True)
+                    loss.backward()
         except Exception as error:  # noqa: BLE001  (recording is an optimisation: fall back, say why)
             logger.warning("target values: recording a CUDA graph failed (%s: %s); steps stay eager",
                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
