@@ -6,7 +6,7 @@ import contextlib
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -140,8 +140,6 @@ def capture(
 
     One forward pass per batch serves every requested layer, and it stops after the deepest of them.
     """
-    device = model_device(model)
-    pad_id = _pad_id(model)
     keys: dict[int, list[torch.Tensor]] = {i: [] for i in key_layers}
     outputs: dict[int, list[torch.Tensor]] = {i: [] for i in output_layers}
     current: dict[str, Batch] = {}
@@ -159,28 +157,10 @@ def capture(
 
         return hook
 
-    def stop(_module, _args, _output):
-        raise StopForward
-
     handles = [get_module(model, layout.module_name(i, module)).register_forward_pre_hook(key_hook(i)) for i in key_layers]
     handles += [get_module(model, layout.layer_name(i)).register_forward_hook(output_hook(i)) for i in output_layers]
-    deepest = max([*key_layers, *output_layers], default=None)
-    if deepest is not None:  # registered last, so it runs after the deepest layer's own hooks
-        handles.append(get_module(model, layout.layer_name(deepest)).register_forward_hook(stop))
-    with _hooks(handles):
-        rows = list(range(len(prompts.ids)))
-        for start in range(0, len(rows), batch_size):
-            batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=False)
-            current["batch"] = batch
-            try:
-                model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids,
-                    use_cache=False,
-                )
-            except StopForward:
-                pass
+    _run_batches(model, layout, prompts, handles, max([*key_layers, *output_layers], default=None), batch_size,
+                 with_answers=False, before=lambda batch: current.update(batch=batch))
     return (
         {i: torch.cat(v) for i, v in keys.items()},
         {i: torch.cat(v) for i, v in outputs.items()},
@@ -200,8 +180,6 @@ def context_moments(
     """Per layer, ``K^T K`` over the keys (inputs of ``module``) at every position of the prompts and their answers
     except each prompt's key position: what an edit of those keys must leave alone in the same prompts (float32,
     CPU). One pass per batch, stopped after the deepest layer."""
-    device = model_device(model)
-    pad_id = _pad_id(model)
     sums: dict[int, torch.Tensor] = {}
     current: dict[str, torch.Tensor] = {}
 
@@ -212,25 +190,38 @@ def context_moments(
 
         return hook
 
+    def others(batch: Batch) -> None:
+        mask = batch.attention_mask.bool()
+        mask[torch.arange(mask.shape[0], device=mask.device), batch.key_index] = False
+        current["mask"] = mask
+
+    handles = [get_module(model, layout.module_name(i, module)).register_forward_pre_hook(key_hook(i)) for i in layers]
+    _run_batches(model, layout, prompts, handles, max(layers), batch_size, with_answers=prompts.answer_ids is not None,
+                 before=others)
+    return {i: v.cpu() for i, v in sums.items()}
+
+
+def _run_batches(model: Any, layout: ModelLayout, prompts: Prompts, handles: list, deepest: int | None,
+                 batch_size: int, *, with_answers: bool, before: Callable[[Batch], None]) -> None:
+    """Run the model on each left-padded batch of ``prompts`` under ``handles`` (removed at the end), stopping after
+    layer ``deepest``; ``before(batch)`` sets up what the hooks need for that batch."""
+    device, pad_id = model_device(model), _pad_id(model)
+
     def stop(_module, _args, _output):
         raise StopForward
 
-    handles = [get_module(model, layout.module_name(i, module)).register_forward_pre_hook(key_hook(i)) for i in layers]
-    handles.append(get_module(model, layout.layer_name(max(layers))).register_forward_hook(stop))
-    with_answers = prompts.answer_ids is not None
+    if deepest is not None:  # registered last, so it runs after the deepest layer's own hooks
+        handles = [*handles, get_module(model, layout.layer_name(deepest)).register_forward_hook(stop)]
     with _hooks(handles):
         rows = list(range(len(prompts.ids)))
         for start in range(0, len(rows), batch_size):
             batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=with_answers)
-            mask = batch.attention_mask.bool()
-            mask[torch.arange(mask.shape[0], device=mask.device), batch.key_index] = False
-            current["mask"] = mask
+            before(batch)
             try:
                 model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       position_ids=batch.position_ids, use_cache=False)
             except StopForward:
                 pass
-    return {i: v.cpu() for i, v in sums.items()}
 
 
 def optimise_values(
