@@ -38,6 +38,10 @@ CONFIGS = {
     "FSFT persisting": dict(fsft_lambda=100.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2),
     "FSFT persisting, joint pass": dict(fsft_lambda=100.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
                                         fsft_replay_pass="joint"),
+    "FSFT persisting, every 2nd step": dict(fsft_lambda=100.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
+                                            fsft_anchor_every=2),
+    "FSFT persisting, every 3rd step": dict(fsft_lambda=100.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
+                                            fsft_anchor_every=3),
 }
 
 

@@ -15,7 +15,8 @@ run, so an interrupted study keeps what it measured.
 Variants: ``NAME=METHOD[:KEY=VALUE,...]`` (values are JSON, else strings), e.g. ``sft=sft:max_steps=60``.
 Fine-tuning settings: ``full:LR`` or ``lora:LR`` with optional ``:fsft=LAMBDA`` (and ``:variant=project`` etc.,
 the FSFT penalty's form; ``:anchor=LAMBDA`` adds the key anchor,
-``:replay=LAMBDA`` the answer replay, ``:prompts=N`` their fingerprint prompts per step, default 4; 2 before 2026-11-28),
+``:replay=LAMBDA`` the answer replay, ``:prompts=N`` their fingerprint prompts per step, default 4; 2 before 2026-11-28; ``:every=N`` on every
+N-th step only),
 ``:accum=N`` (micro-batches of ``--batch-size`` per optimizer step), ``:task=instruction``,
 ``:steps=N`` (instead of ``--steps``) and ``:only=NAME`` (one variant only).
 """
@@ -46,16 +47,16 @@ def parse_finetune(text: str) -> dict:
     if mode not in ("full", "lora"):
         raise SystemExit(f"--finetune {text}: the mode is 'full' or 'lora'")
     spec = {"label": text, "lora": mode == "lora", "lr": float(lr), "fsft": None, "variant": "input", "anchor": None, "replay": None,
-            "prompts": None, "accum": None, "task": "math",
+            "prompts": None, "every": None, "accum": None, "task": "math",
             "steps": None, "only": None}
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--finetune {text}: {item!r} is not KEY=VALUE")
         if key not in spec:
-            raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, variant, anchor, replay, prompts, accum, task, steps, only)")
+            raise SystemExit(f"--finetune {text}: unknown key {key!r} (fsft, variant, anchor, replay, prompts, every, accum, task, steps, only)")
         try:
-            spec[key] = float(value) if key in ("fsft", "anchor", "replay") else int(value) if key in ("steps", "prompts", "accum") else value
+            spec[key] = float(value) if key in ("fsft", "anchor", "replay") else int(value) if key in ("steps", "prompts", "every", "accum") else value
         except ValueError:
             raise SystemExit(f"--finetune {text}: {key}={value!r} is not a number") from None
     spec["label"] = ":".join(part for part in text.split(":") if not part.startswith("only="))
@@ -150,6 +151,8 @@ def main() -> None:
                                          f"{key} only)")
             if spec["prompts"] is not None:
                 anchor["fsft_anchor_prompts"] = spec["prompts"]
+            if spec["every"] is not None:
+                anchor["fsft_anchor_every"] = spec["every"]
             if spec["accum"] is not None:
                 anchor["gradient_accumulation_steps"] = spec["accum"]
             started = time.perf_counter()

@@ -640,6 +640,24 @@ def test_replay_runs_once_per_optimizer_step(models, tmp_path):
     assert len(_logged(trainer, "fsft_replay")) == 2 and len(_logged(trainer, "fsft_penalty")) == 2
 
 
+def test_anchor_every_n_steps_runs_the_replay_on_steps_0_n_2n(models, tmp_path):
+    # 5 steps with fsft_anchor_every=2: the replay and the anchor act on steps 0, 2 and 4 only, the penalty on all.
+    from hf_fingerprint import FingerprintSet
+
+    _, fingerprinted, tokenizer, deltas = models
+    args = _config(tmp_path, max_steps=5, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                   fsft_replay_lambda=1.0, fsft_anchor_lambda=1.0, fsft_anchor_prompts=2, fsft_anchor_every=2)
+    trainer = FSFTTrainer(_copy(fingerprinted), args=args, train_dataset=math_task(20, seed=9),
+                          processing_class=tokenizer, fingerprint_subspace=_Injection(deltas),
+                          fingerprints=FingerprintSet.generate(7, seed=3))
+    trainer.train()
+    assert trainer._fsft_replay._rows._cursor == 6
+    assert len(_logged(trainer, "fsft_replay")) == 3 and len(_logged(trainer, "fsft_anchor")) == 3
+    assert len(_logged(trainer, "fsft_penalty")) == 5
+    with pytest.raises(ValueError, match="fsft_anchor_every must be a positive integer"):
+        _config(tmp_path, fsft_anchor_every=0)
+
+
 def test_joint_replay_refuses_a_batch_it_cannot_extend(models, tmp_path):
     from hf_fingerprint import FingerprintSet
 

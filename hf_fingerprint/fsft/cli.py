@@ -64,6 +64,8 @@ def add_fsft_command(subparsers: Any) -> argparse.ArgumentParser:
                       "Needs --fingerprints.")
     fsft.add_argument("--anchor-prompts", type=int, default=4, help="Fingerprint prompts per optimizer step for "
                       "the anchor and the replay.")
+    fsft.add_argument("--anchor-every", type=int, default=1, help="The anchor and the replay act on every n-th "
+                      "optimizer step only (1: every step).")
     fsft.add_argument("--replay-pass", choices=["auto", "joint", "separate"], default="auto", help="Run the replay "
                       "in the training batch ('joint': fewer kernel launches, for small GPU steps) or in a pass of "
                       "its own ('separate': padded only to the replay prompts, for CPUs and long sequences); 'auto' "
@@ -166,6 +168,7 @@ def run_fsft(args: argparse.Namespace) -> int:
         activation_checkpointing=args.activation_checkpointing,
         save_strategy="no", fsft_lambda=args.fsft_lambda, fsft_variant=args.variant, fsft_rank=args.rank,
         fsft_energy=args.energy, fsft_anchor_lambda=args.anchor_lambda, fsft_anchor_prompts=args.anchor_prompts,
+        fsft_anchor_every=args.anchor_every,
         fsft_replay_lambda=args.replay_lambda, fsft_replay_pass=args.replay_pass,
     )
     peft_config = None

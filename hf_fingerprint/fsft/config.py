@@ -51,6 +51,9 @@ class FSFTConfig(SFTConfig):
             Fingerprint prompts per optimizer step for the key anchor and the answer replay (cycled through the set).
             On SmolLM2 (full fine-tuning at lr 3e-4, anchor 100, replay 0.2) 4 kept FSR at 100 % at every
             evaluation at +0.6 % task loss; 2 dipped to 70 % after 10 steps and 1 to 70 % more often.
+        fsft_anchor_every (`int`, defaults to `1`):
+            The key anchor and the answer replay act on every n-th optimizer step only (the first, then every n-th),
+            each time at their full weight: their cost per step falls n-fold, and so may what they hold.
         fsft_replay_pass (`str`, defaults to `"auto"`):
             Where the replay (and the anchor with it) runs. `"joint"`: its prompts are appended to the training
             batch, so one forward and backward serve all terms (small GPU steps are bound by kernel launches, which
@@ -110,6 +113,11 @@ class FSFTConfig(SFTConfig):
         metadata={"help": "Fingerprint prompts per optimizer step for the key anchor and the answer replay."},
     )
 
+    fsft_anchor_every: int = field(
+        default=1,
+        metadata={"help": "The key anchor and the answer replay act on every n-th optimizer step (1: every step)."},
+    )
+
     fsft_replay_pass: str = field(
         default="auto",
         metadata={
@@ -138,5 +146,7 @@ class FSFTConfig(SFTConfig):
             raise ValueError(f"fsft_replay_pass must be one of {REPLAY_PASSES}, got {self.fsft_replay_pass!r}.")
         if isinstance(self.fsft_anchor_prompts, bool) or int(self.fsft_anchor_prompts) < 1:
             raise ValueError(f"fsft_anchor_prompts must be a positive integer, got {self.fsft_anchor_prompts!r}.")
+        if isinstance(self.fsft_anchor_every, bool) or int(self.fsft_anchor_every) < 1:
+            raise ValueError(f"fsft_anchor_every must be a positive integer, got {self.fsft_anchor_every!r}.")
         if not 0.0 < self.fsft_energy <= 1.0:
             raise ValueError(f"fsft_energy must be in (0, 1], got {self.fsft_energy}.")

@@ -224,10 +224,12 @@ class FSFTTrainer(SFTTrainer):
         if self._fsft_anchor is None and self.args.fsft_anchor_lambda > 0:
             self._fsft_anchor = self._fsft_anchor_setup(unwrapped)
         # The anchor and the replay act once per optimizer step, on the first micro-batch of its accumulation
-        # window: their cost per step stays fixed however large the effective batch.
+        # window: their cost per step stays fixed however large the effective batch. With fsft_anchor_every = n
+        # they act on steps 0, n, 2n, ... only.
         window_start = mode == "train" and self.state.global_step != self._fsft_last_step
         if window_start:
             self._fsft_last_step = self.state.global_step
+            window_start = self.state.global_step % int(self.args.fsft_anchor_every) == 0
         joint = rows = None
         if window_start and self.args.fsft_replay_lambda > 0:
             if self._fsft_replay is None:
