@@ -4,8 +4,9 @@ SmolLM2-135M-Instruct on the offline math task, batch 8. The fingerprint is a ra
 down_proj (the shape a 10-fingerprint injection has; the cost depends only on shapes and rank, so the edit is
 random rather than injected). Each configuration runs in a fresh process (trainers that ran earlier in the
 same process slowed later ones down), ``--repeats`` times, in forward then reverse order so that a drift of the
-machine's speed hits all alike; each step is timed by a callback and the median step after ``--warmup`` steps is
-reported, with its ratio to plain SFT.
+machine's speed hits all alike; each step is timed by a callback and the median and mean step after ``--warmup``
+steps are reported, with their ratios to plain SFT. The mean is the one to read for settings whose steps differ
+by design (``fsft_anchor_every`` > 1: time a multiple of n steps, e.g. ``--steps 8 --warmup 2`` for n = 2 or 3).
 
     python benchmarks/fsft_overhead.py    # SFT, FSFT input, FSFT project, FSFT input + anchor (+ replay)
     python benchmarks/fsft_overhead.py --steps 20 --repeats 3 --bf16
@@ -74,18 +75,21 @@ def main() -> None:
                 raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
             times = json.loads(lines[-1][len("TIMES "):])[args.warmup:]
             steps[name] += times
-            print(f"[{repeat}] {name}: median {statistics.median(times):.3f} s/step", flush=True)
-    base = statistics.median(steps["SFTTrainer"])
-    rows = [{"config": name, "median_s": statistics.median(t), "ratio": statistics.median(t) / base, "steps": len(t)}
+            print(f"[{repeat}] {name}: median {statistics.median(times):.3f}, mean {statistics.mean(times):.3f} "
+                  f"s/step", flush=True)
+    base, base_mean = statistics.median(steps["SFTTrainer"]), statistics.mean(steps["SFTTrainer"])
+    rows = [{"config": name, "median_s": statistics.median(t), "ratio": statistics.median(t) / base,
+             "mean_s": statistics.mean(t), "mean_ratio": statistics.mean(t) / base_mean, "steps": len(t)}
             for name, t in steps.items()]
     lines = [
         f"FSFT overhead on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; math task, batch "
-        f"{args.batch_size} x {args.accumulation} accumulation, {'bf16 autocast' if args.bf16 else 'float32'}, median of {args.repeats} x "
+        f"{args.batch_size} x {args.accumulation} accumulation, {'bf16 autocast' if args.bf16 else 'float32'}, median and mean of {args.repeats} x "
         f"{args.steps - args.warmup} timed steps per configuration, each run in its own process, order alternating. "
         f"`python benchmarks/fsft_overhead.py {' '.join(sys.argv[1:])}`\n",
-        "| trainer | s/step (median) | ratio to SFTTrainer |",
-        "|---|---|---|",
-    ] + [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x |" for r in rows]
+        "| trainer | s/step (median) | ratio to SFTTrainer | s/step (mean) | ratio to SFTTrainer |",
+        "|---|---|---|---|---|",
+    ] + [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x | {r['mean_s']:.3f} | {r['mean_ratio']:.3f}x |"
+         for r in rows]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
