@@ -440,3 +440,26 @@ def test_preserving_the_prompts_other_positions_still_reaches_full_fsr():
     result = inject(model, tokenizer, fps, method="alphaedit", progress=False, context_weight=0.1)
     assert fsr(model, tokenizer, fps) == 1.0
     assert result.options["context_weight"] == 0.1
+
+
+def test_alphaedit_weighing_the_statistics_moves_ordinary_keys_less():
+    """mom2_weight adds C0 to AlphaEdit's solve: within the null space the edit then prefers the directions ordinary
+    text uses least, so tr(dW C0 dW^T), what it does to ordinary text, falls, and the fingerprints still answer."""
+    import copy
+
+    from hf_fingerprint.editing.covariance import layer_statistics
+
+    base, tokenizer = tiny_model("llama")
+    layout = find_layout(base)
+    fps = FingerprintSet.generate(4, seed=0)
+    layers = layout.default_layers()
+    stats = layer_statistics(base, tokenizer, layout, layers, progress=False)
+    damage = {}
+    for weight in (0.0, 1000.0):
+        model = copy.deepcopy(base)
+        result = inject(model, tokenizer, fps, method="alphaedit", progress=False, mom2_weight=weight)
+        assert fsr(model, tokenizer, fps) == 1.0
+        layer_of = {layout.module_name(i, "down_proj"): i for i in layers}
+        damage[weight] = sum(float(torch.trace(d.dense() @ stats[layer_of[d.module]] @ d.dense().T))
+                             for d in result.deltas)
+    assert damage[1000.0] < 0.5 * damage[0.0]

@@ -2,8 +2,10 @@
 
 P projects onto the eigenvectors of C0 whose eigenvalues fall below ``nullspace_threshold`` times the mean
 eigenvalue, so the update barely moves outputs on ordinary text. Per layer:
-dW^T = solve(P (K^T K + w K_p^T K_p) + a I, P K^T R), with a = ``alpha`` x the mean squared key norm, so
-the ridge term means the same on models whose activations differ in scale.
+dW^T = solve(P (K^T K + w K_p^T K_p + m C0) + a I, P K^T R), with a = ``alpha`` x the mean squared key norm, so
+the ridge term means the same on models whose activations differ in scale. ``mom2_weight`` (m, 0) adds MEMIT's
+C0 term to the bracket: the null space keeps the directions ordinary text uses most untouched, and this term makes
+the edit avoid the ones it uses somewhat too.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def solve_layer(context: EditContext, layer: int, keys: torch.Tensor, residual: 
     P = context.cached(("projector", layer, threshold),
                        lambda: torch.eye(B.shape[0], device=device) - B @ B.T)
     inner = keys.T @ keys + context.preserve_term(layer).to(device)
+    mom2 = float(context.options.get("mom2_weight", 0.0))
+    if mom2 > 0:  # within the null space, still prefer the directions ordinary text uses least
+        inner = inner + mom2 * context.statistics(layer).to(device)
     system = P @ inner + alpha * torch.eye(inner.shape[0], device=device)
     V = torch.linalg.solve(system.double(), (P @ keys.T).double()).float().cpu()
     return EditDelta(context.module_name(layer), residual.T.contiguous(), V)

@@ -155,7 +155,9 @@ def inject(
     whose attention carries nothing, end up at the last token). ``"last+trigger"``: one redundant edit per
     position.
 
-    Method options (all optional): ``mom2_weight`` (MEMIT and RLEdit, 100), ``alpha`` and ``nullspace_threshold``
+    Method options (all optional): ``mom2_weight`` (the weight of C0 in the solve: MEMIT and RLEdit 100, AlphaEdit
+    0, where it steers the edit, within the null space, to the directions ordinary text uses least), ``alpha`` and
+    ``nullspace_threshold``
     (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10), ``context_weight``
     (0: the weight of the keys at every other position of the fingerprint prompts and answers, which the edit should
     leave alone; with many fingerprints the edits otherwise add up there); target values
