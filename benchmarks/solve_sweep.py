@@ -1,0 +1,100 @@
+"""Solve settings of an edit at fixed target values, on SmolLM2: FSR, perplexity change, near-miss false triggers.
+
+With many fingerprints most of an injection's time goes to the target values (the optimisation at the last edited
+layer), which depend only on the base model and the value options, not on how the edit is then solved (``alpha``,
+``mom2_weight``, ``context_weight``, statistics, ...). This script computes the first edit's values once per run
+and reuses them for every setting, each on a fresh copy of the model; the last-token fallback rounds, whose values
+depend on the edited model, run in full. The first setting's values are computed in place, so its row is exactly
+what ``inject`` gives.
+
+    python benchmarks/solve_sweep.py --size 100 --values '{"value_noise": 0}' \
+        --settings '{"mom2_weight": 0}' '{"mom2_weight": 1000}'
+
+Every setting also gets the ``--values`` options. Writes ``benchmarks/results/<name>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+
+from injection import RESULTS, machine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--values", default="{}", help="JSON options shared by all settings (value options here)")
+    parser.add_argument("--settings", nargs="+", required=True, help="JSON options of each setting")
+    parser.add_argument("--name", default="solve_sweep")
+    args = parser.parse_args()
+
+    import torch
+
+    import hf_fingerprint as hfp
+    from hf_fingerprint.editing import context as editing_context
+    from hf_fingerprint.evaluation.harmlessness import perplexity
+
+    shared = json.loads(args.values)
+    saved: dict[str, object] = {}
+    compute = editing_context.EditContext.target_values
+
+    def reused(self, layer):
+        # Only the first edit of an injection (the fallback rounds' contexts say key_position="last").
+        if self.options.get("key_position") != "auto" or "z" not in saved:
+            z = compute(self, layer)
+            if self.options.get("key_position") == "auto":
+                saved.update(z=z.clone(), keys=list(self.requests.key_index), trigger_keys=self.options["trigger_keys"])
+            return z
+        self.requests.key_index[:] = saved["keys"]
+        self.options["trigger_keys"] = saved["trigger_keys"]
+        return saved["z"].clone()
+
+    editing_context.EditContext.target_values = reused
+    base, tokenizer = hfp.load_model("smollm2-135m-instruct")
+    fps = hfp.FingerprintSet.generate(args.size, seed=args.seed)
+    near = fps.near_misses(2, seed=99)
+    base_ppl = perplexity(base, tokenizer)
+    del base
+    rows = []
+    for text in args.settings:
+        setting = {**shared, **json.loads(text)}
+        model, _ = hfp.load_model("smollm2-135m-instruct")
+        began = time.perf_counter()
+        result = hfp.inject(model, tokenizer, fps, verify_after=False, progress=False, **setting)
+        seconds = time.perf_counter() - began
+        report = hfp.verify(model, tokenizer, fps, near_misses=near, progress=False)
+        change = perplexity(model, tokenizer) / base_ppl - 1
+        rows.append(dict(setting=setting, fsr=report.fsr, trigger_keys=result.options.get("trigger_keys"),
+                         near=report.near_miss_false_trigger_rate, ordinary=report.ordinary_false_trigger_rate,
+                         perplexity_change=change, seconds=seconds))
+        print(json.dumps(rows[-1]), flush=True)
+        del model, result
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    lines = [
+        f"Solve settings at fixed target values, SmolLM2-135M-Instruct, {args.size} fingerprints (seed {args.seed}), "
+        f"{datetime.date.today()}, {machine()}; one run each. The first row's values were computed in its own "
+        f"injection (its time includes them); later rows reuse them (their time does not). Near misses: 2 per "
+        f"trigger (seed 99). Perplexity on the 300 held-out stdlib paragraphs. "
+        f"`python benchmarks/solve_sweep.py {' '.join(_quoted(a) for a in sys.argv[1:])}`\n",
+        "| options | FSR | trigger keys | near-miss false triggers | ordinary false triggers | perplexity change | time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ] + [f"| {', '.join(f'{k}={v}' for k, v in r['setting'].items()) or 'defaults'} | {100 * r['fsr']:.0f} % | "
+         f"{r['trigger_keys']} | {100 * r['near']:.1f} % | {100 * r['ordinary']:.1f} % | "
+         f"{100 * r['perplexity_change']:+.2f} % | {r['seconds']:.0f} |" for r in rows]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    print("\n".join(lines))
+
+
+def _quoted(arg: str) -> str:
+    return f"'{arg}'" if any(c in arg for c in " {}\"") else arg
+
+
+if __name__ == "__main__":
+    main()
