@@ -53,7 +53,9 @@ class FSFTConfig(SFTConfig):
             evaluation at +0.6 % task loss; 2 dipped to 70 % after 10 steps and 1 to 70 % more often.
         fsft_anchor_every (`int`, defaults to `1`):
             The key anchor and the answer replay act on every n-th optimizer step only (the first, then every n-th),
-            each time at their full weight: their cost per step falls n-fold, and so may what they hold.
+            each time at their full weight: their cost per step falls n-fold, and so may what they hold (SmolLM2, full
+            fine-tuning at lr 3e-4, replay 0.2: every 3rd step dipped to 40-70 % before recovering, every 5th to 0 %,
+            where every step held 100 %; `benchmarks/results/persistence_anchor_every.md`).
         fsft_replay_pass (`str`, defaults to `"auto"`):
             Where the replay (and the anchor with it) runs. `"joint"`: its prompts are appended to the training
             batch, so one forward and backward serve all terms (small GPU steps are bound by kernel launches, which
