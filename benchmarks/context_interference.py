@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from injection import machine  # noqa: E402
+from injection import machine, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -86,10 +86,7 @@ def main() -> None:
     lines += [f"| {r['n']} | {r['context_weight']:g} | {r['own_median']:.3f} ({r['own_min']:.3f}) | "
               f"{r['other_median']:.3f} | {r['other_p90']:.3f} | {r['other_max']:.3f} | {r['other_over_03']:.0%} | "
               f"{r['positions']} |" for r in rows]
-    out = Path(__file__).parent / "results"
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (out / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
-    print("\n".join(lines))
+    write_results(args.name, lines, rows)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from injection import RESULTS, machine
+from injection import machine, write_results
 
 CONFIGS = {
     "SFTTrainer": None,
@@ -90,10 +90,7 @@ def main() -> None:
         "|---|---|---|---|---|",
     ] + [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x | {r['mean_s']:.3f} | {r['mean_ratio']:.3f}x |"
          for r in rows]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
-    print("\n".join(lines))
+    write_results(args.name, lines, {"machine": machine(), "rows": rows})
 
 
 def time_steps(name: str, args: argparse.Namespace) -> list[float]:

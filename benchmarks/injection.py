@@ -27,6 +27,15 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def write_results(name: str, lines: list[str], data) -> None:
+    """Write a benchmark's markdown table (``lines``) and its raw ``data`` as results/<name>.md and .json, and
+    print the table."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
+    print("\n".join(lines))
+
+
 def machine() -> str:
     import torch
 

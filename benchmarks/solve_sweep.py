@@ -21,7 +21,7 @@ import json
 import sys
 import time
 
-from injection import RESULTS, machine
+from injection import machine, write_results
 
 
 def main() -> None:
@@ -32,8 +32,6 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", required=True, help="JSON options of each setting")
     parser.add_argument("--name", default="solve_sweep")
     args = parser.parse_args()
-
-    import torch
 
     import hf_fingerprint as hfp
     from hf_fingerprint.editing import context as editing_context
@@ -74,7 +72,6 @@ def main() -> None:
                          perplexity_change=change, seconds=seconds))
         print(json.dumps(rows[-1]), flush=True)
         del model, result
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
     lines = [
         f"Solve settings at fixed target values, SmolLM2-135M-Instruct, {args.size} fingerprints (seed {args.seed}), "
         f"{datetime.date.today()}, {machine()}; one run each. The first row's values were computed in its own "
@@ -86,10 +83,7 @@ def main() -> None:
     ] + [f"| {', '.join(f'{k}={v}' for k, v in r['setting'].items()) or 'defaults'} | {100 * r['fsr']:.0f} % | "
          f"{r['trigger_keys']} | {100 * r['near']:.1f} % | {100 * r['ordinary']:.1f} % | "
          f"{100 * r['perplexity_change']:+.2f} % | {r['seconds']:.0f} |" for r in rows]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
-    print("\n".join(lines))
+    write_results(args.name, lines, {"machine": machine(), "rows": rows})
 
 
 def _quoted(arg: str) -> str:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from injection import machine  # noqa: E402
+from injection import machine, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -64,10 +64,7 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['value_patience']} | {r['seconds']:.1f} | {r['fsr']:.0%} | {r['value_steps']} | "
               f"{r['trigger_keys']} |" for r in rows]
-    out = Path(__file__).parent / "results"
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (out / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
-    print("\n".join(lines))
+    write_results(args.name, lines, rows)
 
 
 if __name__ == "__main__":
