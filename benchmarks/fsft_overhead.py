@@ -10,6 +10,11 @@ by design (``fsft_anchor_every`` > 1: time a multiple of n steps, e.g. ``--steps
 
     python benchmarks/fsft_overhead.py    # SFT, FSFT input, FSFT project, FSFT input + anchor (+ replay)
     python benchmarks/fsft_overhead.py --steps 20 --repeats 3 --bf16
+    python benchmarks/fsft_overhead.py --interleaved --steps 14 --bf16 --configs "FSFT persisting"
+
+``--interleaved`` runs all trainers in one process instead, one optimizer step each in turn, and adds the paired
+ratio (per round, over the SFTTrainer step of the same round): this shared CPU's speed drifts by up to 1.5x between
+processes, and the pairing cancels a drift slower than a round.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG",
                         help=f"which of {list(CONFIGS)} to time (SFTTrainer is always included)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="all trainers in this process, one optimizer step each in turn (benchmarks/interleaved.py), "
+                             "--repeats ignored; reports the paired ratio too")
     parser.add_argument("--name", default="fsft_overhead")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -63,6 +71,8 @@ def main() -> None:
         print("TIMES " + json.dumps(time_steps(args.child, args)), flush=True)
         return
     chosen = [name for name in CONFIGS if name == "SFTTrainer" or name in args.configs]
+    if args.interleaved:
+        return interleaved(chosen, args)
     steps: dict[str, list[float]] = {name: [] for name in chosen}
     for repeat in range(args.repeats):
         for name in chosen if repeat % 2 == 0 else chosen[::-1]:
@@ -93,18 +103,36 @@ def main() -> None:
     write_results(args.name, lines, {"machine": machine(), "rows": rows})
 
 
-def time_steps(name: str, args: argparse.Namespace) -> list[float]:
-    """Seconds of each optimizer step of one configuration (runs in a child process)."""
-    fsft = CONFIGS[name]
+def interleaved(chosen: list[str], args: argparse.Namespace) -> None:
+    """The trainers interleaved step by step in this process; the paired ratio cancels the host's drift."""
+    from interleaved import interleaved_step_times, summarise
 
+    model, tokenizer, deltas, fps, data, settings = setup(args)
+    times = interleaved_step_times(model, tokenizer, {name: CONFIGS[name] for name in chosen}, settings=settings,
+                                   data=data, deltas=deltas, fingerprints=fps)
+    for name, t in times.items():
+        print(f"{name}: {[round(x, 3) for x in t]}", flush=True)
+    rows = summarise(times, args.warmup)
+    lines = [
+        f"FSFT overhead on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; math task, batch "
+        f"{args.batch_size} x {args.accumulation} accumulation, {'bf16 autocast' if args.bf16 else 'float32'}; the "
+        f"trainers interleaved step by step on one model (one optimizer each), {args.steps - args.warmup} timed steps "
+        f"each after {args.warmup} untimed. Paired ratio: the median over rounds of the step's time over the "
+        f"SFTTrainer step of the same round. `python benchmarks/fsft_overhead.py {' '.join(sys.argv[1:])}`\n",
+        "| trainer | s/step (median) | ratio to SFTTrainer | s/step (mean) | ratio to SFTTrainer | paired ratio |",
+        "|---|---|---|---|---|---|",
+    ] + [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x | {r['mean_s']:.3f} | {r['mean_ratio']:.3f}x "
+         f"| {r['paired_ratio']:.3f}x |" for r in rows]
+    write_results(args.name, lines, {"machine": machine(), "interleaved": True, "rows": rows})
+
+
+def setup(args: argparse.Namespace):
+    """SmolLM2, a random rank-10 edit of the default layers, 10 fingerprints, the math task and the trainer settings."""
     import torch
-    from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
     import hf_fingerprint as hfp
     from hf_fingerprint.editing.delta import EditDelta
     from hf_fingerprint.editing.layout import find_layout
-    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
 
     model, tokenizer = hfp.load_model("smollm2-135m-instruct")
     layout = find_layout(model)
@@ -117,6 +145,25 @@ def time_steps(name: str, args: argparse.Namespace) -> list[float]:
                                 torch.randn(weight.shape[1], 10, generator=generator)))
     fps = hfp.FingerprintSet.generate(10, seed=0)
     data = hfp.math_task(args.batch_size * args.accumulation * (args.steps + 1), seed=0)
+    settings = dict(output_dir="/tmp/hf-fingerprint-overhead", max_steps=args.steps, learning_rate=1e-5,
+                    per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
+                    lr_scheduler_type="constant", logging_steps=10**6,
+                    save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), bf16=args.bf16,
+                    seed=0, max_length=512, disable_tqdm=True, dataloader_num_workers=0,
+                    activation_checkpointing=False)
+    return model, tokenizer, deltas, fps, data, settings
+
+
+def time_steps(name: str, args: argparse.Namespace) -> list[float]:
+    """Seconds of each optimizer step of one configuration (runs in a child process)."""
+    fsft = CONFIGS[name]
+
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
+
+    model, tokenizer, deltas, fps, data, settings = setup(args)
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -128,12 +175,6 @@ def time_steps(name: str, args: argparse.Namespace) -> list[float]:
         def on_step_end(self, *_, **__):
             self.times.append(time.perf_counter() - self.began)
 
-    settings = dict(output_dir="/tmp/hf-fingerprint-overhead", max_steps=args.steps, learning_rate=1e-5,
-                    per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
-                    lr_scheduler_type="constant", logging_steps=10**6,
-                    save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), bf16=args.bf16,
-                    seed=0, max_length=512, disable_tqdm=True, dataloader_num_workers=0,
-                    activation_checkpointing=False)
     timer = StepTimer()
     if fsft is None:
         trainer = SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data, processing_class=tokenizer,

@@ -24,15 +24,14 @@ import io
 import json
 import os
 import pstats
-import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
 
 import torch
+from interleaved import interleaved_step_times, summarise, sync
 
 SHAPES = {
     # config.json of meta-llama/Llama-3.2-3B-Instruct and Qwen/Qwen3-8B (sizes only)
@@ -63,11 +62,6 @@ def build(shape: str, tokenizer, device: torch.device):
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def allocated() -> int:
@@ -171,40 +165,12 @@ def profile_step(model, tokenizer, data, deltas, fps, settings, config, out: Pat
     gc.collect()
 
 
-class Baton:
-    """Whose turn it is to run an optimizer step, round robin over trainers that each train in a thread of their
-    own: one step at a time, so every trainer is timed on the same machine in the same minutes, and a drift of the
-    host's speed (this GPU machine's steps drift by +-25 % between trainers run one after another) falls on all."""
-
-    def __init__(self, count: int):
-        self.condition = threading.Condition()
-        self.turn = 0
-        self.finished = [False] * count
-
-    def wait(self, index: int) -> None:
-        with self.condition:
-            self.condition.wait_for(lambda: self.turn == index)
-
-    def pass_on(self, index: int, *, finished: bool = False) -> None:
-        with self.condition:
-            self.finished[index] |= finished
-            if self.turn == index:
-                count = len(self.finished)
-                following = [(index + k) % count for k in range(1, count + 1)]
-                self.turn = next((j for j in following if not self.finished[j]), index)
-            self.condition.notify_all()
-
-
 def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
-    """Seconds per optimizer step of SFTTrainer and the FSFT settings, interleaved step by step (:class:`Baton`).
+    """Seconds per optimizer step of SFTTrainer and the FSFT settings, interleaved step by step (``interleaved.py``).
 
     The trainers share one model (each has its own optimizer): at learning rate 1e-6 the weights barely move, and
     the memory is one model plus one optimizer state per trainer."""
-    from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
     import hf_fingerprint as hfp
-    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
 
     fps = hfp.FingerprintSet.generate(args.fingerprints, seed=0)
     data = hfp.math_task(8 * args.fsft_accumulation * (args.fsft_steps + 1), seed=0)
@@ -222,80 +188,25 @@ def time_fsft(shape: str, tokenizer, device, deltas, args, out: Path) -> dict:
     }
     configs = {name: config for name, config in configs.items() if name == "SFTTrainer" or not args.fsft_configs
                or any(word in name for word in args.fsft_configs)}
-    baton = Baton(len(configs))
-
-    class Turn(TrainerCallback):
-        """Times its trainer's steps, one at a time among all trainers: the baton passes on when the trainer is
-        about to start its next step (or has returned from ``train``), so what a trainer does between two steps
-        (the next batch, logging, releasing hooks) never runs beside another trainer's timed step."""
-
-        def __init__(self, index: int):
-            self.index = index
-            self.times: list[float] = []
-
-        def on_step_begin(self, *_, **__):
-            if self.times:
-                baton.pass_on(self.index)
-            baton.wait(self.index)
-            sync()
-            self.began = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            sync()
-            self.times.append(time.perf_counter() - self.began)
-
     settings = dict(output_dir=tempfile.mkdtemp(), max_steps=args.fsft_steps, learning_rate=1e-6,
                     per_device_train_batch_size=8, gradient_accumulation_steps=args.fsft_accumulation,
                     lr_scheduler_type="constant", logging_steps=10**6,
                     save_strategy="no", report_to="none", bf16=device.type == "cuda", use_cpu=device.type != "cuda",
                     seed=0, max_length=256, disable_tqdm=True, dataloader_num_workers=0)
-    turns, trainers = [], []
-    for index, (name, config) in enumerate(configs.items()):
-        turns.append(Turn(index))
-        if config is None:
-            trainers.append(SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data,
-                                       processing_class=tokenizer, callbacks=[turns[-1]]))
-        else:
-            trainers.append(FSFTTrainer(model, args=FSFTConfig(**settings, **config), train_dataset=data,
-                                        processing_class=tokenizer, callbacks=[turns[-1]], fingerprint_subspace=deltas,
-                                        fingerprints=fps))
-    errors: dict[str, str] = {}
-
-    def train(index: int, name: str) -> None:
-        try:
-            trainers[index].train()
-        except Exception:
-            errors[name] = traceback.format_exc()[-2000:]
-        finally:
-            baton.pass_on(index, finished=True)
-
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    threads = [threading.Thread(target=train, args=(i, name)) for i, name in enumerate(configs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    all_times = interleaved_step_times(model, tokenizer, configs, settings=settings, data=data, deltas=deltas,
+                                       fingerprints=fps)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-    for name, turn in zip(configs, turns):
-        print(f"  {name}: {[round(t, 3) for t in turn.times]}", flush=True)
-    if errors:
-        raise RuntimeError("; ".join(f"{name}: {text}" for name, text in errors.items()))
-    times = {name: turn.times[args.fsft_warmup:] for name, turn in zip(configs, turns)}
-    for trainer in trainers:
-        trainer.accelerator.free_memory()  # accelerate keeps references to the model and optimizer otherwise
-    del trainers
+    for name, times in all_times.items():
+        print(f"  {name}: {[round(t, 3) for t in times]}", flush=True)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if args.fsft_profile:
         profile_step(model, tokenizer, data, deltas, fps, settings, PERSISTING, out)
-    base = statistics.median(times["SFTTrainer"])
-    # Per round, each trainer's step over the SFTTrainer step of the same round: the drift cancels within a round.
     return dict(shape=shape, accumulation=args.fsft_accumulation, interleaved=True, peak_bytes=peak,
-                rows=[dict(config=name, median_s=statistics.median(t), ratio=statistics.median(t) / base,
-                           paired_ratio=statistics.median(a / b for a, b in zip(t, times["SFTTrainer"])),
-                           steps=len(t), times=t) for name, t in times.items()])
+                rows=summarise(all_times, args.fsft_warmup))
 
 
 def main() -> None:

@@ -1,0 +1,131 @@
+"""Trainers timed step by step in turn on one model: the step-time harness of fsft_overhead.py and paper_shapes.py.
+
+Each trainer trains in a thread of its own and a :class:`Baton` lets one optimizer step run at a time, round robin,
+so every trainer is timed in the same minutes and a drift of the host's speed (+-25 % between processes run one
+after another on the lent GPU machine, up to 1.5x on the shared CPU) falls on all alike. The paired ratio, the
+median over rounds of a trainer's step over the SFTTrainer step of the same round, cancels the drift within a round.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import traceback
+from typing import Any
+
+import torch
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class Baton:
+    """Whose turn it is to run an optimizer step, round robin over trainers that each train in a thread of their
+    own: one step at a time."""
+
+    def __init__(self, count: int):
+        self.condition = threading.Condition()
+        self.turn = 0
+        self.finished = [False] * count
+
+    def wait(self, index: int) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.turn == index)
+
+    def pass_on(self, index: int, *, finished: bool = False) -> None:
+        with self.condition:
+            self.finished[index] |= finished
+            if self.turn == index:
+                count = len(self.finished)
+                following = [(index + k) % count for k in range(1, count + 1)]
+                self.turn = next((j for j in following if not self.finished[j]), index)
+            self.condition.notify_all()
+
+
+def interleaved_step_times(
+    model: Any,
+    tokenizer: Any,
+    configs: dict[str, dict | None],
+    *,
+    settings: dict,
+    data: Any,
+    deltas: Any,
+    fingerprints: Any,
+) -> dict[str, list[float]]:
+    """Seconds of every optimizer step of each trainer, the trainers interleaved step by step on ``model``.
+
+    ``configs`` maps a name to FSFT options (``None``: TRL's SFTTrainer, which must come first); ``settings`` are the
+    SFTConfig arguments all share. Each trainer has its own optimizer; the model is shared, so use a learning rate
+    that barely moves it. Raises with every trainer's traceback if one failed.
+    """
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
+
+    baton = Baton(len(configs))
+
+    class Turn(TrainerCallback):
+        """Times its trainer's steps, one at a time among all trainers: the baton passes on when the trainer is
+        about to start its next step (or has returned from ``train``), so what a trainer does between two steps
+        (the next batch, logging, releasing hooks) never runs beside another trainer's timed step."""
+
+        def __init__(self, index: int):
+            self.index = index
+            self.times: list[float] = []
+
+        def on_step_begin(self, *_, **__):
+            if self.times:
+                baton.pass_on(self.index)
+            baton.wait(self.index)
+            sync()
+            self.began = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            sync()
+            self.times.append(time.perf_counter() - self.began)
+
+    turns, trainers = [], []
+    for index, (name, config) in enumerate(configs.items()):
+        turns.append(Turn(index))
+        if config is None:
+            trainers.append(SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data,
+                                       processing_class=tokenizer, callbacks=[turns[-1]]))
+        else:
+            uses_pairs = config.get("fsft_anchor_lambda", 0) > 0 or config.get("fsft_replay_lambda", 0) > 0
+            trainers.append(FSFTTrainer(model, args=FSFTConfig(**settings, **config), train_dataset=data,
+                                        processing_class=tokenizer, callbacks=[turns[-1]], fingerprint_subspace=deltas,
+                                        fingerprints=fingerprints if uses_pairs else None))
+    errors: dict[str, str] = {}
+
+    def train(index: int, name: str) -> None:
+        try:
+            trainers[index].train()
+        except Exception:
+            errors[name] = traceback.format_exc()[-2000:]
+        finally:
+            baton.pass_on(index, finished=True)
+
+    threads = [threading.Thread(target=train, args=(i, name)) for i, name in enumerate(configs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError("; ".join(f"{name}: {text}" for name, text in errors.items()))
+    for trainer in trainers:
+        trainer.accelerator.free_memory()  # accelerate keeps references to the model and optimizer otherwise
+    return {name: turn.times for name, turn in zip(configs, turns)}
+
+
+def summarise(times: dict[str, list[float]], warmup: int) -> list[dict]:
+    """Median step, its ratio to SFTTrainer's median and the paired ratio (median over rounds), per trainer."""
+    kept = {name: t[warmup:] for name, t in times.items()}
+    base = kept["SFTTrainer"]
+    return [dict(config=name, median_s=statistics.median(t), ratio=statistics.median(t) / statistics.median(base),
+                 mean_s=statistics.mean(t), mean_ratio=statistics.mean(t) / statistics.mean(base),
+                 paired_ratio=statistics.median(a / b for a, b in zip(t, base)), steps=len(t), times=t)
+            for name, t in kept.items()]
