@@ -12,9 +12,9 @@ by design (``fsft_anchor_every`` > 1: time a multiple of n steps, e.g. ``--steps
     python benchmarks/fsft_overhead.py --steps 20 --repeats 3 --bf16
     python benchmarks/fsft_overhead.py --interleaved --steps 14 --bf16 --configs "FSFT persisting"
 
-``--interleaved`` runs all trainers in one process instead, one optimizer step each in turn, and adds the paired
-ratio (per round, over the SFTTrainer step of the same round): this shared CPU's speed drifts by up to 1.5x between
-processes, and the pairing cancels a drift slower than a round.
+``--interleaved`` runs all trainers in one process instead, one optimizer step each per round in a fresh random
+order, and adds the paired ratio (per round, over the SFTTrainer step of the same round): this shared CPU's speed
+drifts by up to 1.5x between processes, and the pairing cancels a drift slower than a round.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG",
                         help=f"which of {list(CONFIGS)} to time (SFTTrainer is always included)")
     parser.add_argument("--interleaved", action="store_true",
-                        help="all trainers in this process, one optimizer step each in turn (benchmarks/interleaved.py), "
-                             "--repeats ignored; reports the paired ratio too")
+                        help="all trainers in this process, one optimizer step each per round, in a fresh random "
+                             "order (benchmarks/interleaved.py); --repeats ignored; reports the paired ratio too")
     parser.add_argument("--name", default="fsft_overhead")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -116,8 +116,8 @@ def interleaved(chosen: list[str], args: argparse.Namespace) -> None:
     lines = [
         f"FSFT overhead on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; math task, batch "
         f"{args.batch_size} x {args.accumulation} accumulation, {'bf16 autocast' if args.bf16 else 'float32'}; the "
-        f"trainers interleaved step by step on one model (one optimizer each), {args.steps - args.warmup} timed steps "
-        f"each after {args.warmup} untimed. Paired ratio: the median over rounds of the step's time over the "
+        f"trainers interleaved step by step on one model (one optimizer each; each round in a random order), "
+        f"{args.steps - args.warmup} timed steps each after {args.warmup} untimed. Paired ratio: the median over rounds of the step's time over the "
         f"SFTTrainer step of the same round. `python benchmarks/fsft_overhead.py {' '.join(sys.argv[1:])}`\n",
         "| trainer | s/step (median) | ratio to SFTTrainer | s/step (mean) | ratio to SFTTrainer | paired ratio |",
         "|---|---|---|---|---|---|",

@@ -1,13 +1,16 @@
 """Trainers timed step by step in turn on one model: the step-time harness of fsft_overhead.py and paper_shapes.py.
 
-Each trainer trains in a thread of its own and a :class:`Baton` lets one optimizer step run at a time, round robin,
-so every trainer is timed in the same minutes and a drift of the host's speed (+-25 % between processes run one
-after another on the lent GPU machine, up to 1.5x on the shared CPU) falls on all alike. The paired ratio, the
-median over rounds of a trainer's step over the SFTTrainer step of the same round, cancels the drift within a round.
+Each trainer trains in a thread of its own and a :class:`Baton` lets one optimizer step run at a time, each trainer
+once per round, so every trainer is timed in the same minutes and a drift of the host's speed (+-25 % between
+processes run one after another on the lent GPU machine, up to 1.5x on the shared CPU) falls on all alike. The
+paired ratio, the median over rounds of a trainer's step over the SFTTrainer step of the same round, cancels the
+drift within a round.
 """
 
 from __future__ import annotations
 
+import gc
+import random
 import statistics
 import threading
 import time
@@ -23,13 +26,28 @@ def sync() -> None:
 
 
 class Baton:
-    """Whose turn it is to run an optimizer step, round robin over trainers that each train in a thread of their
-    own: one step at a time."""
+    """Whose turn it is to run an optimizer step, over trainers that each train in a thread of their own: one step
+    at a time, every trainer once per round. With ``shuffle`` each round takes the trainers in a fresh random order
+    (seeded): a step's time depends a little on the step before it (on a CPU the step after a heavier trainer's
+    was ~10 % slower), and a fixed order would charge that to the same trainer every round."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, *, shuffle: bool = False, seed: int = 0):
         self.condition = threading.Condition()
-        self.turn = 0
         self.finished = [False] * count
+        self.shuffle = shuffle
+        self.random = random.Random(seed)
+        self.order: list[int] = []
+        self._new_round()
+
+    def _new_round(self) -> None:
+        order = list(range(len(self.finished)))
+        if self.shuffle:
+            self.random.shuffle(order)
+        self.order = [i for i in order if not self.finished[i]]
+
+    @property
+    def turn(self) -> int | None:
+        return self.order[0] if self.order else None
 
     def wait(self, index: int) -> None:
         with self.condition:
@@ -39,9 +57,10 @@ class Baton:
         with self.condition:
             self.finished[index] |= finished
             if self.turn == index:
-                count = len(self.finished)
-                following = [(index + k) % count for k in range(1, count + 1)]
-                self.turn = next((j for j in following if not self.finished[j]), index)
+                self.order.pop(0)
+            self.order = [i for i in self.order if not self.finished[i]]
+            if not self.order:
+                self._new_round()
             self.condition.notify_all()
 
 
@@ -54,19 +73,21 @@ def interleaved_step_times(
     data: Any,
     deltas: Any,
     fingerprints: Any,
+    shuffle: bool = True,
 ) -> dict[str, list[float]]:
     """Seconds of every optimizer step of each trainer, the trainers interleaved step by step on ``model``.
 
     ``configs`` maps a name to FSFT options (``None``: TRL's SFTTrainer, which must come first); ``settings`` are the
     SFTConfig arguments all share. Each trainer has its own optimizer; the model is shared, so use a learning rate
-    that barely moves it. Raises with every trainer's traceback if one failed.
+    that barely moves it. ``shuffle``: each round in a fresh random order (:class:`Baton`); a garbage collection
+    runs before every timed step. Raises with every trainer's traceback if one failed.
     """
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
 
-    baton = Baton(len(configs))
+    baton = Baton(len(configs), shuffle=shuffle)
 
     class Turn(TrainerCallback):
         """Times its trainer's steps, one at a time among all trainers: the baton passes on when the trainer is
@@ -81,6 +102,7 @@ def interleaved_step_times(
             if self.times:
                 baton.pass_on(self.index)
             baton.wait(self.index)
+            gc.collect()  # not inside the timed step, whoever left the garbage
             sync()
             self.began = time.perf_counter()
 

@@ -9,7 +9,7 @@ then ``--repeats`` injections with the statistics cached (the model reverted in 
 cProfile (not timed). For ``--fsft-shape``: seconds per optimizer step of TRL's SFTTrainer and of FSFTTrainer
 (penalty only; penalty + key anchor + answer replay with 4 prompts, joint and separate pass, and with 2), batch 8,
 up to 256 tokens, full fine-tuning in bf16, the trainers interleaved step by step in this process (one thread each,
-one step at a time), the median step after the warm-up steps.
+one step at a time, each round in a random order), the median step after the warm-up steps.
 
     python benchmarks/paper_shapes.py --tokenizer DIR --out DIR       # on the GPU machine
     python benchmarks/paper_shapes.py --shapes tiny --fsft-shape tiny --tokenizer DIR --out /tmp/shapes
@@ -313,9 +313,9 @@ def markdown(record: dict) -> str:
         if "error" in fsft:
             lines.append(f"error: {fsft['error'].splitlines()[-1]}")
         else:
-            lines += ["Trainers interleaved step by step on one model (one optimizer each); peak GPU memory of all "
-                      f"together {fsft['peak_bytes'] / gib:.1f} GiB. Paired ratio: the median over rounds of the "
-                      "step's time over the SFTTrainer step of the same round.", "",
+            lines += ["Trainers interleaved step by step on one model (one optimizer each; each round in a random "
+                      f"order); peak GPU memory of all together {fsft['peak_bytes'] / gib:.1f} GiB. Paired ratio: the "
+                      "median over rounds of the step's time over the SFTTrainer step of the same round.", "",
                       "| trainer | s/step (median) | ratio to SFTTrainer | paired ratio | steps timed |",
                       "|---|---|---|---|---|"]
             lines += [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x | {r['paired_ratio']:.3f}x | "
