@@ -118,7 +118,8 @@ def interleaved(chosen: list[str], args: argparse.Namespace) -> None:
         f"{args.batch_size} x {args.accumulation} accumulation, {'bf16 autocast' if args.bf16 else 'float32'}; the "
         f"trainers interleaved step by step on one model (one optimizer each; each round in a random order), "
         f"{args.steps - args.warmup} timed steps each after {args.warmup} untimed. Paired ratio: the median over "
-        f"rounds of the step's time over the SFTTrainer step of the same round. `python benchmarks/fsft_overhead.py {' '.join(sys.argv[1:])}`\n",
+        f"rounds of the step's time over the SFTTrainer step of the same round. "
+        f"`python benchmarks/fsft_overhead.py {' '.join(sys.argv[1:])}`\n",
         "| trainer | s/step (median) | ratio to SFTTrainer | s/step (mean) | ratio to SFTTrainer | paired ratio |",
         "|---|---|---|---|---|---|",
     ] + [f"| {r['config']} | {r['median_s']:.3f} | {r['ratio']:.3f}x | {r['mean_s']:.3f} | {r['mean_ratio']:.3f}x "
