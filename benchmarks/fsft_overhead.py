@@ -157,12 +157,9 @@ def setup(args: argparse.Namespace):
 
 def time_steps(name: str, args: argparse.Namespace) -> list[float]:
     """Seconds of each optimizer step of one configuration (runs in a child process)."""
-    fsft = CONFIGS[name]
-
     from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
-    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
+    from interleaved import make_trainer
 
     model, tokenizer, deltas, fps, data, settings = setup(args)
 
@@ -177,14 +174,8 @@ def time_steps(name: str, args: argparse.Namespace) -> list[float]:
             self.times.append(time.perf_counter() - self.began)
 
     timer = StepTimer()
-    if fsft is None:
-        trainer = SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data, processing_class=tokenizer,
-                             callbacks=[timer])
-    else:
-        trainer = FSFTTrainer(model, args=FSFTConfig(**settings, **fsft), train_dataset=data,
-                              processing_class=tokenizer, callbacks=[timer], fingerprint_subspace=deltas,
-                              fingerprints=fps if fsft.get("fsft_anchor_lambda") or fsft.get("fsft_replay_lambda") else None)
-    trainer.train()
+    make_trainer(model, tokenizer, CONFIGS[name], settings=settings, data=data, deltas=deltas, fingerprints=fps,
+                 callbacks=[timer]).train()
     return timer.times
 
 

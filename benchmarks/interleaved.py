@@ -64,6 +64,23 @@ class Baton:
             self.condition.notify_all()
 
 
+def make_trainer(model: Any, tokenizer: Any, config: dict | None, *, settings: dict, data: Any, deltas: Any,
+                 fingerprints: Any, callbacks: list) -> Any:
+    """TRL's SFTTrainer (``config`` None) or an FSFTTrainer with the FSFT options ``config``, given the fingerprint
+    pairs only when its anchor or replay uses them."""
+    from trl import SFTConfig, SFTTrainer
+
+    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
+
+    if config is None:
+        return SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data, processing_class=tokenizer,
+                          callbacks=callbacks)
+    uses_pairs = config.get("fsft_anchor_lambda", 0) > 0 or config.get("fsft_replay_lambda", 0) > 0
+    return FSFTTrainer(model, args=FSFTConfig(**settings, **config), train_dataset=data, processing_class=tokenizer,
+                       callbacks=callbacks, fingerprint_subspace=deltas,
+                       fingerprints=fingerprints if uses_pairs else None)
+
+
 def interleaved_step_times(
     model: Any,
     tokenizer: Any,
@@ -77,15 +94,12 @@ def interleaved_step_times(
 ) -> dict[str, list[float]]:
     """Seconds of every optimizer step of each trainer, the trainers interleaved step by step on ``model``.
 
-    ``configs`` maps a name to FSFT options (``None``: TRL's SFTTrainer, which must come first); ``settings`` are the
-    SFTConfig arguments all share. Each trainer has its own optimizer; the model is shared, so use a learning rate
-    that barely moves it. ``shuffle``: each round in a fresh random order (:class:`Baton`); a garbage collection
+    ``configs`` maps a name to FSFT options (``None``: TRL's SFTTrainer, named "SFTTrainer" for :func:`summarise`);
+    ``settings`` are the SFTConfig arguments all share. Each trainer has its own optimizer; the model is shared, so
+    use a learning rate that barely moves it. ``shuffle``: each round in a fresh random order (:class:`Baton`); a garbage collection
     runs before every timed step. Raises with every trainer's traceback if one failed.
     """
     from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    from hf_fingerprint.fsft import FSFTConfig, FSFTTrainer
 
     baton = Baton(len(configs), shuffle=shuffle)
 
@@ -110,17 +124,10 @@ def interleaved_step_times(
             sync()
             self.times.append(time.perf_counter() - self.began)
 
-    turns, trainers = [], []
-    for index, (name, config) in enumerate(configs.items()):
-        turns.append(Turn(index))
-        if config is None:
-            trainers.append(SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data,
-                                       processing_class=tokenizer, callbacks=[turns[-1]]))
-        else:
-            uses_pairs = config.get("fsft_anchor_lambda", 0) > 0 or config.get("fsft_replay_lambda", 0) > 0
-            trainers.append(FSFTTrainer(model, args=FSFTConfig(**settings, **config), train_dataset=data,
-                                        processing_class=tokenizer, callbacks=[turns[-1]], fingerprint_subspace=deltas,
-                                        fingerprints=fingerprints if uses_pairs else None))
+    turns = [Turn(index) for index in range(len(configs))]
+    trainers = [make_trainer(model, tokenizer, config, settings=settings, data=data, deltas=deltas,
+                             fingerprints=fingerprints, callbacks=[turn])
+                for turn, config in zip(turns, configs.values())]
     errors: dict[str, str] = {}
 
     def train(index: int, name: str) -> None:
