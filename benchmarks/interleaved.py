@@ -96,8 +96,8 @@ def interleaved_step_times(
 
     ``configs`` maps a name to FSFT options (``None``: TRL's SFTTrainer, named "SFTTrainer" for :func:`summarise`);
     ``settings`` are the SFTConfig arguments all share. Each trainer has its own optimizer; the model is shared, so
-    use a learning rate that barely moves it. ``shuffle``: each round in a fresh random order (:class:`Baton`); a garbage collection
-    runs before every timed step. Raises with every trainer's traceback if one failed.
+    use a learning rate that barely moves it. ``shuffle``: each round in a fresh random order (:class:`Baton`); a
+    garbage collection runs before every timed step. Raises with every trainer's traceback if one failed.
     """
     from transformers import TrainerCallback
 
