@@ -32,12 +32,18 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", required=True, help="JSON options of each setting")
     parser.add_argument("--name", default="solve_sweep")
     args = parser.parse_args()
+    try:  # all of them before the first (long) injection, so a typo in the last costs nothing
+        parsed = [json.loads(text) for text in [args.values, *args.settings]]
+    except json.JSONDecodeError as error:
+        parser.error(f"--values and every --settings entry must be a JSON object: {error}")
+    if not all(isinstance(p, dict) for p in parsed):
+        parser.error("--values and every --settings entry must be a JSON object, e.g. '{\"mom2_weight\": 1000}'")
+    settings = [{**parsed[0], **p} for p in parsed[1:]]
 
     import hf_fingerprint as hfp
     from hf_fingerprint.editing import context as editing_context
     from hf_fingerprint.evaluation.harmlessness import perplexity
 
-    shared = json.loads(args.values)
     saved: dict[str, object] = {}
     compute = editing_context.EditContext.target_values
 
@@ -59,8 +65,7 @@ def main() -> None:
     base_ppl = perplexity(base, tokenizer)
     del base
     rows = []
-    for text in args.settings:
-        setting = {**shared, **json.loads(text)}
+    for setting in settings:
         model, _ = hfp.load_model("smollm2-135m-instruct")
         began = time.perf_counter()
         result = hfp.inject(model, tokenizer, fps, verify_after=False, progress=False, **setting)
