@@ -111,6 +111,24 @@ def test_bad_input_is_refused():
         inject(gpt2, tokenizer, fps)
 
 
+def test_misspelt_or_foreign_options_are_refused_before_any_edit():
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(2, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InjectionError, match="'mom2_wieght' \\(did you mean 'mom2_weight'\\?\\)"):
+        inject(model, tokenizer, fps, method="memit", mom2_wieght=3)
+    with pytest.raises(InjectionError, match="'nullspace_threshold'"):  # AlphaEdit's, not MEMIT's
+        inject(model, tokenizer, fps, method="memit", nullspace_threshold=0.5)
+    with pytest.raises(InjectionError, match="'value_steps'"):  # sft optimises no target values
+        inject(model, tokenizer, fps, method="sft", value_steps=10)
+    with pytest.raises(InjectionError, match="'lora'"):
+        inject(model, tokenizer, fps, method="rome", lora=True)
+    for method in ("rome", "sft"):  # near misses they would silently ignore
+        with pytest.raises(InjectionError, match="does not preserve near misses"):
+            inject(model, tokenizer, fps, method=method, near_misses="auto")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_default_layers_follow_depth():
     model, _ = tiny_model("llama")
     layout = find_layout(model)

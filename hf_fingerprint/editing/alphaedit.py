@@ -14,7 +14,9 @@ import torch
 
 from .context import EditContext
 from .delta import EditDelta
-from .memit import spread_over_layers
+from .memit import SCHEDULE_OPTIONS, spread_over_layers
+
+OPTIONS = SCHEDULE_OPTIONS | {"alpha", "nullspace_threshold"}
 
 
 def range_basis(covariance: torch.Tensor, relative_threshold: float) -> torch.Tensor:

@@ -46,11 +46,12 @@ def resolve_near_misses(options: dict[str, Any], fps: Any) -> dict[str, Any]:
 def cmd_inject(args: argparse.Namespace) -> int:
     from ..fingerprints import FingerprintSet, atomic_write
     from ..models import load_model
-    from .inject import inject
+    from .inject import check_options, inject
 
     fps = FingerprintSet.load(args.fingerprints)
-    model, tokenizer = load_model(args.model, device=args.device)
     options = resolve_near_misses(inject_options(args), fps)
+    check_options(args.method, options)  # before the model loads
+    model, tokenizer = load_model(args.model, device=args.device)
     result = inject(model, tokenizer, fps, **options)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,11 @@ from .tracing import Prompts, capture, context_moments, optimise_values
 VALUE_OPTIONS = ("value_steps", "value_lr", "clamp_factor", "value_weight_decay", "value_stop_loss", "value_patience",
                  "value_min_progress", "value_noise", "value_noise_rank", "value_cuda_graph")
 
+# Options the shared steps read. Each editor's OPTIONS names every option it takes; inject() rejects the others.
+TARGET_OPTIONS = frozenset({*VALUE_OPTIONS, "value_noise_seed", "auto_threshold"})
+STATISTICS_OPTIONS = frozenset({"corpus", "stats_tokens"})
+PRESERVE_OPTIONS = frozenset({"preserve_weight", "context_weight"})
+
 # Target-value defaults by key position. A vector at the last prompt token acts on the answer directly; one at a
 # trigger token must reach it through attention and needs a longer, stronger push (SmolLM2, 10 fingerprints:
 # 25 steps / clamp 4 left answer NLLs up to 3.1 and FSR 50 %; 100 steps / clamp 10 / stop 0.01 gave NLL <= 0.012).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ from .tracing import build_prompts
 logger = logging.getLogger(__name__)
 
 METHODS = ("alphaedit", "memit", "rome", "rledit", "sft")
+INJECT_OPTIONS = frozenset({"near_miss_seed", "fallback_rounds"})  # read by inject itself, for every method
 ADAPTER_METADATA = "fingerprint_adapter.json"
 
 
@@ -142,10 +145,10 @@ def inject(
 
     ``method``: ``"alphaedit"`` (default), ``"memit"``, ``"rome"``, ``"rledit"`` or ``"sft"`` (the
     instruction-tuning baseline). ``near_misses``: strings whose answers must not change (specificity);
-    ``"auto"`` uses 3 generated near misses per trigger. Off by default: on SmolLM2 (10 fingerprints, trigger
-    keys) it cut near-miss false triggers from 42 % to 24 % but cost FSR (100 -> 90 %) and perplexity (+0.2 ->
-    +2.7 %; ``benchmarks/results/robustness_methods.md``). ``layers`` defaults from the model's depth
-    (:meth:`ModelLayout.default_layers`).
+    ``"auto"`` uses 3 generated near misses per trigger; AlphaEdit, MEMIT and RLEdit take them. Off by default:
+    on SmolLM2 (10 fingerprints, trigger keys) it cut near-miss false triggers from 42 % to 24 % but cost FSR
+    (100 -> 90 %) and perplexity (+0.2 -> +2.7 %; ``benchmarks/results/robustness_methods.md``). ``layers``
+    defaults from the model's depth (:meth:`ModelLayout.default_layers`).
 
     ``key_position``: where the edited layers read the key. ``"trigger"``: the trigger's last token. ``"last"``:
     the last token of the generation prompt, which every prompt shares and every chat fine-tuning example
@@ -155,10 +158,10 @@ def inject(
     whose attention carries nothing, end up at the last token). ``"last+trigger"``: one redundant edit per
     position.
 
-    Method options (all optional): ``mom2_weight`` (the weight of C0 in the solve: MEMIT and RLEdit 100, AlphaEdit
-    0, where it steers the edit, within the null space, to the directions ordinary text uses least), ``alpha`` and
-    ``nullspace_threshold``
-    (AlphaEdit, 0.03 x mean squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10), ``context_weight``
+    Method options (all optional; one the method does not read raises ``InjectionError``): ``mom2_weight`` (the
+    weight of C0 in the solve: MEMIT and RLEdit 100, AlphaEdit 0, where it steers the edit, within the null space,
+    to the directions ordinary text uses least), ``alpha`` and ``nullspace_threshold`` (AlphaEdit, 0.03 x mean
+    squared key norm and 0.5 x mean eigenvalue), ``preserve_weight`` (10), ``context_weight``
     (0: the weight of the keys at every other position of the fingerprint prompts and answers, which the edit should
     leave alone; with many fingerprints the edits otherwise add up there); target values
     ``value_steps``, ``value_lr``, ``clamp_factor``, ``value_stop_loss`` (100, 0.5, 10, 0.01 for trigger keys;
@@ -171,8 +174,11 @@ def inject(
     still work once fine-tuning has moved those layers; 0 turns it off); ``corpus`` and ``stats_tokens``
     (covariance statistics, 20k tokens of the built-in corpus).
     """
-    if method not in METHODS:
-        raise InjectionError(f"Unknown method '{method}'; choose one of: {', '.join(METHODS)}.")
+    check_options(method, options)
+    editor = importlib.import_module(f".{method}", __package__)
+    if near_misses and "preserve_weight" not in editor.OPTIONS:
+        hint = "; pass them as regularisation_prompts= to train on the model's own answers" if method == "sft" else ""
+        raise InjectionError(f"Method '{method}' does not preserve near misses (alphaedit, memit and rledit do){hint}.")
     if key_position == "auto" and method == "sft":
         key_position = "last"  # fine-tuning reads no keys
     fps = fingerprints if isinstance(fingerprints, FingerprintSet) else FingerprintSet(fingerprints)
@@ -203,7 +209,6 @@ def inject(
         options=dict(options, fingerprints=fps, system_prompt=system_prompt, key_position=key_position),
         progress=progress,
     )
-    editor = importlib.import_module(f".{method}", __package__)
     was_training = model.training
     model.eval()
     try:
@@ -237,6 +242,22 @@ def inject(
         result.report = checked
         result.fsr = result.report.fsr
     return result
+
+
+def check_options(method: str, options: dict[str, Any]) -> None:
+    """Raise :class:`InjectionError` on an unknown method or an option it does not read (a misspelt one would
+    otherwise leave its default in force). ``inject``'s own parameters (``layers``, ...) pass."""
+    if method not in METHODS:
+        raise InjectionError(f"Unknown method '{method}'; choose one of: {', '.join(METHODS)}.")
+    known = importlib.import_module(f".{method}", __package__).OPTIONS | INJECT_OPTIONS
+    unknown = sorted(set(options) - known - set(inspect.signature(inject).parameters))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise InjectionError(f"Method '{method}' takes no option {', '.join(hints)}. Its options: {', '.join(sorted(known))}.")
 
 
 def _reset_peak_rss() -> None:

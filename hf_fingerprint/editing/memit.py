@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from .context import EditContext
+from .context import PRESERVE_OPTIONS, STATISTICS_OPTIONS, TARGET_OPTIONS, EditContext
 from .delta import EditDelta, merge_deltas
+
+# What the MEMIT schedule reads (shared with AlphaEdit and RLEdit).
+SCHEDULE_OPTIONS = TARGET_OPTIONS | STATISTICS_OPTIONS | PRESERVE_OPTIONS | {
+    "mom2_weight", "edit_passes", "pass_tolerance", "drift_samples", "drift_scale", "drift_seed"}
+OPTIONS = SCHEDULE_OPTIONS
 
 
 def solve_layer(context: EditContext, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> EditDelta:

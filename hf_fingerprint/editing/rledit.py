@@ -51,12 +51,13 @@ from .context import VALUE_OPTIONS, EditContext
 from .covariance import layer_statistics
 from .delta import EditDelta
 from .layout import ModelLayout, find_layout, get_module, validate_layers
-from .memit import spread_over_layers
+from .memit import SCHEDULE_OPTIONS, spread_over_layers
 from .sft import answer_loss
 from .tracing import Prompts, _hooks, _pad_id, build_prompts, capture, make_batch
 
 logger = logging.getLogger(__name__)
 
+OPTIONS = SCHEDULE_OPTIONS | {"hypernetwork", "prompt_weight"}
 FORMAT_NAME = "hf-fingerprint/rledit-hypernetwork"
 FORMAT_VERSION = 1
 CONFIG_FILE = "rledit_config.json"

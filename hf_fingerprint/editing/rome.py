@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from .context import EditContext
+from .context import STATISTICS_OPTIONS, TARGET_OPTIONS, EditContext
 from .delta import EditDelta
+
+OPTIONS = TARGET_OPTIONS | STATISTICS_OPTIONS | {"use_statistics", "tolerance", "sweeps"}
 
 
 def edit(context: EditContext) -> list[EditDelta]:

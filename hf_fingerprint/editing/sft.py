@@ -69,6 +69,9 @@ class SFTConfig:
         return config
 
 
+OPTIONS = frozenset(f.name for f in fields(SFTConfig))
+
+
 def answer_loss(model: Any, batch: Batch) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens of a left-padded batch (answers at the row ends)."""
     keep = int(batch.answer_mask.sum(1).max()) + 1  # logits of the answers' positions only: cheaper lm_head
