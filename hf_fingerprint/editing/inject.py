@@ -176,6 +176,9 @@ def inject(
     """
     check_options(method, options)
     editor = importlib.import_module(f".{method}", __package__)
+    if isinstance(near_misses, str) and near_misses != "auto":
+        raise InjectionError("near_misses takes 'auto' or a list of strings, not another string (not echoed: it may "
+                             "be close to a trigger); put a single near miss in a list.")
     if near_misses and "preserve_weight" not in editor.OPTIONS:
         hint = "; pass them as regularisation_prompts= to train on the model's own answers" if method == "sft" else ""
         raise InjectionError(f"Method '{method}' does not preserve near misses (alphaedit, memit and rledit do){hint}.")
