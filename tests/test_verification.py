@@ -82,6 +82,9 @@ def test_sampling_and_system_prompt(tiny_llama):
     assert report.queries == 9 and all(len(o.responses) == 3 for o in report.outcomes)
     with pytest.raises(FingerprintSetError, match="temperature"):
         verify(model, tokenizer, fps, num_samples=2)
+    for name in ("near_misses", "ordinary_prompts"):  # a bare string used to become one prompt per character
+        with pytest.raises(FingerprintSetError, match=f"{name} takes a list"):
+            verify(model, tokenizer, fps, **{name: "one prompt"})
 
 
 def test_fixed_probability_null_for_custom_sets(tiny_llama):
