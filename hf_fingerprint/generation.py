@@ -30,6 +30,13 @@ def pad_token_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def text_list(texts: Any, name: str = "texts") -> list[str]:
+    """``texts`` as a list; a bare string is refused (it would be read as one prompt per character)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{name} takes a list of strings, not a string: put a single prompt in a list.")
+    return list(texts) if texts is not None else []
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -49,6 +56,7 @@ def generate(
     Prompts are sorted by length and left-padded in batches, so padding is minimal; greedy when
     ``temperature`` is 0.
     """
+    texts = text_list(texts)
     if not texts:
         return []
     prompts = [chat_prompt(tokenizer, text, system_prompt=system_prompt) for text in texts]

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 
 from .errors import FingerprintSetError
 from .fingerprints import TARGET_VOCABULARIES, FingerprintSet, NearMiss
-from .generation import generate
+from .generation import generate, text_list
 from .prompts import ORDINARY_PROMPTS
 
 MATCH_MODES = ("contains", "exact", "prefix")
@@ -140,11 +140,8 @@ def verify(
     if max_new_tokens is None:
         longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in fps.targets)
         max_new_tokens = max(16, longest + 8)
-    for name, value in (("near_misses", near_misses), ("ordinary_prompts", ordinary_prompts)):
-        if isinstance(value, str):  # would be read as one prompt per character
-            raise FingerprintSetError(f"{name} takes a list of strings, not a string: put a single prompt in a list.")
-    near_texts = [m.text if isinstance(m, NearMiss) else str(m) for m in (near_misses or [])]
-    ordinary = list(ORDINARY_PROMPTS if ordinary_prompts is None else ordinary_prompts)
+    near_texts = [m.text if isinstance(m, NearMiss) else str(m) for m in text_list(near_misses, "near_misses")]
+    ordinary = text_list(ORDINARY_PROMPTS if ordinary_prompts is None else ordinary_prompts, "ordinary_prompts")
     queries = fps.triggers + near_texts + ordinary
     answers = generate(
         model,

@@ -236,6 +236,8 @@ def test_perplexity_is_exp_mean_nll(pair):
     expected = math.exp(total / count)
     assert perplexity(model, tokenizer, texts, batch_size=2) == pytest.approx(expected, rel=1e-4)
     assert perplexity(model, tokenizer, texts, batch_size=2, max_length=5) != pytest.approx(expected, rel=1e-4)
+    with pytest.raises(TypeError, match="texts takes a list"):  # not one text per character
+        perplexity(model, tokenizer, texts[0])
 
 
 def test_agreement_with_itself_and_with_another_model(pair):

@@ -83,7 +83,7 @@ def test_sampling_and_system_prompt(tiny_llama):
     with pytest.raises(FingerprintSetError, match="temperature"):
         verify(model, tokenizer, fps, num_samples=2)
     for name in ("near_misses", "ordinary_prompts"):  # a bare string used to become one prompt per character
-        with pytest.raises(FingerprintSetError, match=f"{name} takes a list"):
+        with pytest.raises(TypeError, match=f"{name} takes a list"):
             verify(model, tokenizer, fps, **{name: "one prompt"})
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..generation import chat_prompt, generate, generate_token_ids, model_device, pad_token_id
+from ..generation import chat_prompt, generate, generate_token_ids, model_device, pad_token_id, text_list
 from ..prompts import ORDINARY_PROMPTS
 from ._common import EvaluationError
 
@@ -197,7 +197,8 @@ def math_score(
 
 
 def _token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+    texts = text_list(texts)
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
 def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
