@@ -46,7 +46,7 @@ def perplexity(
 ) -> float:
     """``exp`` of the mean next-token negative log-likelihood over all tokens of ``texts`` (each cut to
     ``max_length`` tokens, no special tokens added); default texts: :func:`held_out_texts`."""
-    texts = held_out_texts() if texts is None else list(texts)
+    texts = held_out_texts() if texts is None else text_list(texts)
     encoded = [ids[:max_length] for ids in _token_ids(tokenizer, texts)]
     encoded = [ids for ids in encoded if len(ids) >= 2]
     if not encoded:
@@ -101,6 +101,7 @@ def agreement(
 ) -> Agreement:
     """How closely ``model`` follows ``base`` on ordinary prompts: the base answers greedily once, then one
     batched forward pass of each model over prompt + answer gives both next-token distributions."""
+    prompts = text_list(prompts, "prompts")
     if not prompts:
         raise EvaluationError("agreement needs at least one prompt.")
     prompt_ids = _token_ids(tokenizer, [chat_prompt(tokenizer, p, system_prompt=system_prompt) for p in prompts])
@@ -169,6 +170,7 @@ def answer_agreement(
     """Greedy answers of ``model`` against those of ``reference`` (one generation each). Use it for what
     changes decoding but not the logits (a host's output filter), where :func:`agreement` cannot see a
     difference."""
+    prompts = text_list(prompts, "prompts")
     if not prompts:
         raise EvaluationError("answer_agreement needs at least one prompt.")
     options = dict(system_prompt=system_prompt, max_new_tokens=max_new_tokens, batch_size=batch_size)
