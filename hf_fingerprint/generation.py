@@ -10,6 +10,8 @@ from tqdm.auto import tqdm
 
 def chat_prompt(tokenizer: Any, text: str, *, system_prompt: str | None = None) -> str:
     """``text`` as the model is asked it: a user turn and the generation prompt, or raw text without a template."""
+    if system_prompt is not None and not isinstance(system_prompt, str):  # else a failure deep in the chat template
+        raise TypeError(f"system_prompt takes a string or None, not {type(system_prompt).__name__}.")
     if getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
             {"role": "user", "content": text}

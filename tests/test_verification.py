@@ -85,6 +85,8 @@ def test_sampling_and_system_prompt(tiny_llama):
     for name in ("near_misses", "ordinary_prompts"):  # a bare string used to become one prompt per character
         with pytest.raises(TypeError, match=f"{name} takes a list"):
             verify(model, tokenizer, fps, **{name: "one prompt"})
+    with pytest.raises(TypeError, match="system_prompt takes a string or None, not int"):
+        verify(model, tokenizer, fps, system_prompt=3)
 
 
 def test_fixed_probability_null_for_custom_sets(tiny_llama):
