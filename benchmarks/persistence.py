@@ -78,6 +78,14 @@ def main() -> None:
     parser.add_argument("--name", default="persistence", help="results file stem under benchmarks/results/")
     args = parser.parse_args()
     variants = [parse_variant(v) for v in (args.variant or ["alphaedit", "sft"])]
+    from hf_fingerprint.editing.inject import check_options
+    from hf_fingerprint.errors import InjectionError
+
+    try:  # before the first (long) run, not when its variant comes up
+        for variant in variants:
+            check_options(variant["method"], variant["options"])
+    except InjectionError as error:
+        parser.error(str(error))
     finetunes = [parse_finetune(f) for f in (args.finetune or ["full:2e-5", "lora:2e-4"])]
 
     import torch

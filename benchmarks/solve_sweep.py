@@ -39,6 +39,14 @@ def main() -> None:
     if not all(isinstance(p, dict) for p in parsed):
         parser.error("--values and every --settings entry must be a JSON object, e.g. '{\"mom2_weight\": 1000}'")
     settings = [{**parsed[0], **p} for p in parsed[1:]]
+    from hf_fingerprint.editing.inject import check_options
+    from hf_fingerprint.errors import InjectionError
+
+    try:  # a misspelt option too
+        for setting in settings:
+            check_options(setting.get("method", "alphaedit"), setting)
+    except InjectionError as error:
+        parser.error(str(error))
 
     import hf_fingerprint as hfp
     from hf_fingerprint.editing import context as editing_context

@@ -123,7 +123,7 @@ def test_misspelt_or_foreign_options_are_refused_before_any_edit():
         inject(model, tokenizer, fps, method="sft", value_steps=10)
     with pytest.raises(InjectionError, match="'lora'"):
         inject(model, tokenizer, fps, method="rome", lora=True)
-    with pytest.raises(InjectionError, match="a list of strings"):  # one string used to become one key per character
+    with pytest.raises(TypeError, match="near_misses takes a list"):  # one string used to become one key per character
         inject(model, tokenizer, fps, near_misses="a look-alike of a trigger")
     for method in ("rome", "sft"):  # near misses they would silently ignore
         with pytest.raises(InjectionError, match="does not preserve near misses"):

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import InjectionError
 from ..fingerprints import FingerprintSet, NearMiss
-from ..generation import model_device
+from ..generation import model_device, text_list
 from .context import EditContext
 from .delta import EditDelta, merge_deltas
 from .layout import find_layout, validate_layers
@@ -176,9 +176,6 @@ def inject(
     """
     check_options(method, options)
     editor = importlib.import_module(f".{method}", __package__)
-    if isinstance(near_misses, str) and near_misses != "auto":
-        raise InjectionError("near_misses takes 'auto' or a list of strings, not another string (not echoed: it may "
-                             "be close to a trigger); put a single near miss in a list.")
     if near_misses and "preserve_weight" not in editor.OPTIONS:
         hint = "; pass them as regularisation_prompts= to train on the model's own answers" if method == "sft" else ""
         raise InjectionError(f"Method '{method}' does not preserve near misses (alphaedit, memit and rledit do){hint}.")
@@ -189,7 +186,7 @@ def inject(
     chosen = validate_layers(layout, list(layers) if layers is not None else None)
     if near_misses == "auto":
         near_misses = fps.near_misses(3, seed=int(options.get("near_miss_seed", 1)))
-    preserve_texts = [m.text if isinstance(m, NearMiss) else str(m) for m in (near_misses or [])]
+    preserve_texts = [m.text if isinstance(m, NearMiss) else str(m) for m in text_list(near_misses, "near_misses")]
     # "auto" starts every key at the trigger and falls back per fingerprint (EditContext.target_values), so
     # near misses are preserved at both positions.
     request_keys = "trigger" if key_position == "auto" else key_position

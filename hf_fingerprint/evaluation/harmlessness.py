@@ -199,8 +199,7 @@ def math_score(
 
 
 def _token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    texts = text_list(texts)
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
 
 
 def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
