@@ -6,16 +6,20 @@ allocated on CUDA) are its own. Prints a markdown table and writes it to benchma
     python benchmarks/injection.py                       # all methods, 10 and 100 fingerprints
     python benchmarks/injection.py --methods alphaedit memit --sizes 10
     python benchmarks/injection.py --methods alphaedit alphaedit:near_misses=auto sft --sizes 10
+    python benchmarks/injection.py --methods alphaedit alphaedit:near_misses=auto --sizes 10 --styles scrambled natural
 
 A method may carry options as ``METHOD:KEY=VALUE,...`` (JSON values, else strings), so one method can appear
 twice with different options. ``sft``, unless given ``target_fsr``, trains until it reaches the FSR of the first
-editor of the same size in the run (the comparison at equal FSR).
+editor of the same size in the run (the comparison at equal FSR). ``--styles`` runs every method on fingerprint
+sets of each trigger style (``FingerprintSet.generate(style=...)``). Every method's options are checked before the
+first run, so a misspelt one stops the benchmark at once instead of failing its row.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -52,7 +56,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
-def run_one(method: str, size: int, seed: int, options: dict) -> dict:
+def run_one(method: str, size: int, seed: int, options: dict, style: str = "scrambled") -> dict:
     """Inject into a fresh copy of the model and measure everything (runs in a child process)."""
     import torch
 
@@ -61,7 +65,7 @@ def run_one(method: str, size: int, seed: int, options: dict) -> dict:
 
     base, tokenizer = hfp.load_model("smollm2-135m-instruct")
     model, _ = hfp.load_model("smollm2-135m-instruct")
-    fps = hfp.FingerprintSet.generate(size, seed=seed)
+    fps = hfp.FingerprintSet.generate(size, seed=seed, style=style)
     near = fps.near_misses(2, seed=99)  # other near misses than the ones the editor preserves
     base_report = hfp.verify(base, tokenizer, fps, near_misses=near, ordinary_prompts=(), progress=False)
     base_ppl = perplexity(base, tokenizer)
@@ -72,6 +76,7 @@ def run_one(method: str, size: int, seed: int, options: dict) -> dict:
     return {
         "method": method,
         "n": size,
+        "style": style,
         "options": options,
         "seconds": result.seconds,
         "peak_memory_gb": result.peak_memory_bytes / 1e9,
@@ -108,6 +113,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["alphaedit", "memit", "rome", "rledit", "sft"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[10, 100])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--styles", nargs="+", default=["scrambled"], help="trigger styles to run every method on")
     parser.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="an option for one method, e.g. alphaedit:near_misses=null")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -123,26 +129,37 @@ def main() -> None:
         method, pair = item.split(":", 1)
         key, value = pair.split("=", 1)
         options.setdefault(method, {})[key] = json.loads(value)
-    rows = []
-    for size in args.sizes:
-        for token in args.methods:
-            method, _, inline = token.partition(":")
-            spec = {"method": method, "size": size, "seed": args.seed,
-                    "options": {**options.get(method, {}), **parse_options(inline)}}
-            edits = [r for r in rows if r["n"] == size and r["method"] != "sft" and "error" not in r]
-            if method == "sft" and "target_fsr" not in spec["options"] and edits:
-                spec["options"]["target_fsr"] = edits[0]["fsr"]
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                print(f"{method} n={size} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-                rows.append({"method": method, "n": size, "error": proc.stderr.strip().splitlines()[-1:]})
-                continue
-            row = json.loads(lines[-1][len("RESULT "):])
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    from hf_fingerprint.editing.inject import check_options
+    from hf_fingerprint.fingerprints import STYLES
 
-            write_table(rows, args.output)
+    runs = []
+    for token in args.methods:
+        method, _, inline = token.partition(":")
+        runs.append((method, {**options.get(method, {}), **parse_options(inline)}))
+        try:
+            check_options(method, runs[-1][1])
+        except Exception as error:
+            parser.error(f"{token}: {error}")
+    for style in args.styles:
+        if style not in STYLES:
+            parser.error(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    rows = []
+    for size, style, (method, run_options) in itertools.product(args.sizes, args.styles, runs):
+        spec = {"method": method, "size": size, "seed": args.seed, "style": style, "options": dict(run_options)}
+        edits = [r for r in rows if r["n"] == size and r.get("style", "scrambled") == style
+                 and r["method"] != "sft" and "error" not in r]
+        if method == "sft" and "target_fsr" not in spec["options"] and edits:
+            spec["options"]["target_fsr"] = edits[0]["fsr"]
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            print(f"{method} n={size} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            rows.append({"method": method, "n": size, "style": style, "error": proc.stderr.strip().splitlines()[-1:]})
+            continue
+        row = json.loads(lines[-1][len("RESULT "):])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        write_table(rows, args.output)
     print(write_table(rows, args.output))
 
 
@@ -163,7 +180,7 @@ def write_table(rows: list[dict], output: str) -> str:
             continue
         keys = r.get("trigger_keys")
         body += (
-            f"| {r['method']} | {describe(r['options'])} | {r['n']} | {r['seconds']:.1f} | {r['peak_memory_gb']:.2f} | "
+            f"| {r['method']} | {describe(r['options'], r.get('style', 'scrambled'))} | {r['n']} | {r['seconds']:.1f} | {r['peak_memory_gb']:.2f} | "
             f"{100 * r['fsr']:.0f} % | {'-' if keys is None else keys} | "
             f"{100 * r['base_fsr']:.0f} % | {100 * r['near_miss_false_triggers']:.1f} % | "
             f"{100 * r['ordinary_false_triggers']:.1f} % | {100 * r['perplexity_change']:+.2f} % | "
@@ -174,8 +191,10 @@ def write_table(rows: list[dict], output: str) -> str:
     return header + body
 
 
-def describe(options: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+def describe(options: dict, style: str = "scrambled") -> str:
+    """The options column: the non-default trigger style, then the method's options."""
+    parts = ([f"{style} triggers"] if style != "scrambled" else []) + [f"{k}={v}" for k, v in options.items()]
+    return ", ".join(parts) or "defaults"
 
 
 if __name__ == "__main__":
