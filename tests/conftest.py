@@ -24,6 +24,17 @@ def smollm():
         return load_model("smollm2-135m-instruct")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for the module: tiny models run faster so, and the test machine's cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def tiny_llama():
     from hf_fingerprint import tiny_model

@@ -20,13 +20,8 @@ EDITED = [f"model.layers.{i}.mlp.down_proj" for i in (2, 3, 4)]
 RANK = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run faster on one thread, and the test machine's cores are shared (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Injection:

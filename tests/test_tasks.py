@@ -20,13 +20,8 @@ from hf_fingerprint.tasks import (
     train_eval_split,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run faster on one thread, and the test machine's cores are shared (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
