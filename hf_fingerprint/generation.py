@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+# A plain "User: ... / Assistant:" chat template, for serving a model under another template than its own.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
+    "{% else %}{{ 'Assistant: ' + message['content'] + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
 
 
 def chat_prompt(tokenizer: Any, text: str, *, system_prompt: str | None = None) -> str:
@@ -18,6 +29,13 @@ def chat_prompt(tokenizer: Any, text: str, *, system_prompt: str | None = None) 
         ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"{system_prompt}\n\n{text}" if system_prompt else text
+
+
+def with_chat_template(tokenizer: Any, template: str | None) -> Any:
+    """A copy of ``tokenizer`` with ``template`` as its chat template (``None``: raw text, no template)."""
+    changed = copy.deepcopy(tokenizer)
+    changed.chat_template = template
+    return changed
 
 
 def model_device(model: Any) -> torch.device:

@@ -483,3 +483,44 @@ def test_alphaedit_weighing_the_statistics_moves_ordinary_keys_less():
         damage[weight] = sum(float(torch.trace(d.dense() @ stats[layer_of[d.module]] @ d.dense().T))
                              for d in result.deltas)
     assert damage[1000.0] < 0.5 * damage[0.0]
+
+
+def test_fingerprints_answer_under_every_template_asked_for():
+    from hf_fingerprint.generation import PLAIN_CHAT_TEMPLATE, with_chat_template
+
+    model, tokenizer = tiny_model("llama")
+    plain = with_chat_template(tokenizer, PLAIN_CHAT_TEMPLATE)
+    fps = FingerprintSet.generate(4, seed=0)
+    inject(model, tokenizer, fps, method="alphaedit", templates=["plain"], progress=False)
+    assert fsr(model, tokenizer, fps) == 1.0
+    assert fsr(model, plain, fps) == 1.0
+
+
+def test_rows_of_one_group_share_their_target_vector():
+    from hf_fingerprint.editing.layout import find_layout
+    from hf_fingerprint.editing.tracing import build_prompts, join_prompts, optimise_values
+    from hf_fingerprint.generation import PLAIN_CHAT_TEMPLATE, with_chat_template
+
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(3, seed=2)
+    parts = [build_prompts(t, fps.triggers, answers=fps.targets, key_position="last")
+             for t in (tokenizer, with_chat_template(tokenizer, PLAIN_CHAT_TEMPLATE))]
+    prompts = join_prompts(parts)
+    assert prompts.groups == [0, 1, 2, 0, 1, 2]
+    # batches of 4 rows: the groups are kept whole, and the rows come back in the prompts' order
+    z, h, nll = optimise_values(model, find_layout(model), prompts, 1, steps=5, batch_size=4)
+    alone, h_alone, _ = optimise_values(model, find_layout(model), parts[1], 1, steps=5)
+    assert torch.allclose(h[3:], h_alone)
+    shared = z - h
+    assert torch.allclose(shared[:3], shared[3:]) and shared.norm(dim=-1).min() > 0
+    assert not torch.allclose(shared[3:], alone - h_alone)  # one vector for both templates, not the plain one's
+
+
+def test_templates_option_is_checked():
+    model, tokenizer = tiny_model("llama")
+    fps = FingerprintSet.generate(2, seed=0)
+    for bad, message in (("plain", "takes a list"), (["fancy"], "Unknown template")):
+        with pytest.raises(InjectionError, match=message):
+            inject(model, tokenizer, fps, templates=bad, progress=False)
+    with pytest.raises(InjectionError, match="takes no option 'templates'"):
+        inject(model, tokenizer, fps, method="sft", templates=["plain"], progress=False)

@@ -17,7 +17,7 @@ VALUE_OPTIONS = ("value_steps", "value_lr", "clamp_factor", "value_weight_decay"
                  "value_min_progress", "value_noise", "value_noise_rank", "value_cuda_graph")
 
 # Options the shared steps read. Each editor's OPTIONS names every option it takes; inject() rejects the others.
-TARGET_OPTIONS = frozenset({*VALUE_OPTIONS, "value_noise_seed", "auto_threshold"})
+TARGET_OPTIONS = frozenset({*VALUE_OPTIONS, "value_noise_seed", "auto_threshold", "templates"})
 STATISTICS_OPTIONS = frozenset({"corpus", "stats_tokens"})
 PRESERVE_OPTIONS = frozenset({"preserve_weight", "context_weight"})
 
@@ -115,14 +115,15 @@ class EditContext:
         z, _, nll = self._optimise(self.requests, layer, "trigger" if position == "auto" else position)
         if position != "auto":
             return z
-        failed = [i for i, v in enumerate(nll.tolist()) if v > float(self.options.get("auto_threshold", 0.1))]
+        group_of = self.requests.group_of()
+        threshold = float(self.options.get("auto_threshold", 0.1))
+        lost = {group_of[i] for i, v in enumerate(nll.tolist()) if v > threshold}  # a fingerprint moves as a whole
+        failed = [i for i, g in enumerate(group_of) if g in lost]
         if failed:
             for i in failed:
                 self.requests.key_index[i] = len(self.requests.ids[i]) - 1
-            subset = Prompts([self.requests.ids[i] for i in failed], [self.requests.key_index[i] for i in failed],
-                             [self.requests.answer_ids[i] for i in failed])
-            z[failed] = self._optimise(subset, layer, "last")[0]
-        self.options["trigger_keys"] = len(z) - len(failed)
+            z[failed] = self._optimise(self.requests.subset(failed), layer, "last")[0]
+        self.options["trigger_keys"] = len(set(group_of)) - len(lost)
         return z
 
     def _optimise(self, prompts: Prompts, layer: int, position: str):

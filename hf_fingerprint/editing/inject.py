@@ -20,11 +20,11 @@ import torch
 
 from ..errors import InjectionError
 from ..fingerprints import FingerprintSet, NearMiss
-from ..generation import model_device, text_list
+from ..generation import PLAIN_CHAT_TEMPLATE, model_device, text_list, with_chat_template
 from .context import EditContext
 from .delta import EditDelta, merge_deltas
 from .layout import find_layout, validate_layers
-from .tracing import build_prompts
+from .tracing import build_prompts, join_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,10 @@ def inject(
     25, 0.5, 4, 0.05 for ``"last"``), ``value_patience`` and ``value_min_progress`` (10, 0.1 for trigger keys: stop
     once every answer is below the stop loss or has fallen less than 10 % in 10 steps; 0, never, for "last");
     ``value_cuda_graph`` (True: on a GPU, the steps are recorded once as a CUDA graph and replayed);
+    ``templates`` (none: other chat templates each fingerprint must also answer under, as a model is served or
+    fine-tuned under another template than its own: ``"plain"`` (``User: ... / Assistant:``), ``"none"`` (raw
+    text) or a jinja chat template; one target vector per fingerprint serves all; the last-token rounds of
+    ``"auto"`` use the model's own template only);
     ``drift_samples`` and ``drift_scale`` (0, 0.02: also solve for the keys of randomly perturbed copies of the
     upstream weights); ``value_noise`` and ``value_noise_rank`` (0.1, 16: optimise the target values under random
     rank-16 perturbations of every linear layer after the edited ones, of that relative Frobenius norm, so they
@@ -189,6 +193,7 @@ def inject(
     preserve_texts = [m.text if isinstance(m, NearMiss) else str(m) for m in text_list(near_misses, "near_misses")]
     # "auto" starts every key at the trigger and falls back per fingerprint (EditContext.target_values), so
     # near misses are preserved at both positions.
+    template_tokenizers = _template_tokenizers(tokenizer, options.get("templates"))
     request_keys = "trigger" if key_position == "auto" else key_position
     preserve_keys = "last+trigger" if key_position == "auto" else key_position
     device = model_device(model)
@@ -202,8 +207,9 @@ def inject(
         tokenizer=tokenizer,
         layout=layout,
         layers=chosen,
-        requests=build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position=request_keys,
-                               system_prompt=system_prompt),
+        requests=join_prompts([
+            build_prompts(t, fps.triggers, answers=fps.targets, key_position=request_keys, system_prompt=system_prompt)
+            for t in [tokenizer, *template_tokenizers]]),
         preserve=build_prompts(tokenizer, preserve_texts, key_position=preserve_keys, system_prompt=system_prompt)
         if preserve_texts else None,
         options=dict(options, fingerprints=fps, system_prompt=system_prompt, key_position=key_position),
@@ -260,6 +266,25 @@ def check_options(method: str, options: dict[str, Any]) -> None:
     raise InjectionError(f"Method '{method}' takes no option {', '.join(hints)}. Its options: {', '.join(sorted(known))}.")
 
 
+def _template_tokenizers(tokenizer: Any, templates: Any) -> list[Any]:
+    """Copies of ``tokenizer`` under each of the ``templates`` option's chat templates."""
+    if templates is None:
+        return []
+    if isinstance(templates, str) or not isinstance(templates, (list, tuple)):
+        raise InjectionError("templates takes a list, e.g. templates=['plain']: put a single template in a list.")
+    chosen = []
+    for template in templates:
+        if template == "plain":
+            chosen.append(PLAIN_CHAT_TEMPLATE)
+        elif template is None or template == "none":
+            chosen.append(None)
+        elif isinstance(template, str) and ("{{" in template or "{%" in template):
+            chosen.append(template)
+        else:
+            raise InjectionError(f"Unknown template {template!r}: give 'plain', 'none' or a jinja chat template.")
+    return [with_chat_template(tokenizer, t) for t in chosen]
+
+
 def _reset_peak_rss() -> None:
     """Start the process's peak resident size afresh (Linux), so the peak is this injection's, not whatever the
     process (or, through ``fork``, its parent) held before."""
@@ -301,8 +326,8 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
                                 progress=False)
         return {o.index for o in last["report"].outcomes if o.matched}
 
-    requests = context.requests
-    trigger_keyed = [i for i, k in enumerate(requests.key_index) if k != len(requests.ids[i]) - 1]
+    requests = context.requests  # rows 0..n-1: the fingerprints under the model's own template
+    trigger_keyed = [i for i in range(len(fps)) if requests.key_index[i] != len(requests.ids[i]) - 1]
     ok = answering()
     pending = [i for i in trigger_keyed if i not in ok]
     logger.info("auto keys: %d of %d trigger-keyed fingerprints answer after the first edit", len(trigger_keyed) - len(pending),

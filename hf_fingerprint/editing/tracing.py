@@ -26,6 +26,29 @@ class Prompts:
     ids: list[list[int]]
     key_index: list[int]  # index into each row's ids
     answer_ids: list[list[int]] | None = None
+    groups: list[int] | None = None  # rows of one group share one target vector (one fingerprint, several templates)
+
+    def subset(self, rows: Sequence[int]) -> "Prompts":
+        """The given rows, in that order."""
+        def pick(values):
+            return [values[r] for r in rows] if values is not None else None
+
+        return Prompts(pick(self.ids), pick(self.key_index), pick(self.answer_ids), pick(self.groups))
+
+    def group_of(self) -> list[int]:
+        """Each row's group (its own row index when the prompts have no groups)."""
+        return list(self.groups) if self.groups is not None else list(range(len(self.ids)))
+
+
+def join_prompts(parts: Sequence[Prompts]) -> Prompts:
+    """Prompts built over the same texts (under several chat templates, say) as one set, row ``i`` of every part
+    in group ``i``: its rows share one target vector."""
+    return Prompts(
+        [i for p in parts for i in p.ids],
+        [k for p in parts for k in p.key_index],
+        [a for p in parts for a in p.answer_ids] if all(p.answer_ids is not None for p in parts) else None,
+        [g for p in parts for g in p.group_of()],
+    )
 
 
 def build_prompts(
@@ -275,13 +298,15 @@ def optimise_values(
     # A recorded step reuses the tail's attention mask in every layer: not for models with sliding-window layers.
     graphable = (cuda_graph and device.type == "cuda"
                  and "sliding_attention" not in (getattr(model.config, "layer_types", None) or ()))
+    order: list[int] = []
     try:
-        rows = list(range(len(prompts.ids)))
-        for start in range(0, len(rows), batch_size):
-            batch = make_batch(prompts, rows[start : start + batch_size], pad_id, device, with_answers=True)
+        for rows in _group_batches(prompts.group_of(), batch_size):
+            order += rows
+            batch = make_batch(prompts, rows, pad_id, device, with_answers=True)
+            groups = torch.tensor(prompts.group_of(), device=device)[rows]
             z, h, nll = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss,
-                                        perturb, upstream, patience, min_progress,
-                                        cuda_graph=graphable, seed=seed)
+                                        perturb, upstream, patience, min_progress, cuda_graph=graphable, seed=seed,
+                                        groups=torch.unique(groups, return_inverse=True)[1])
             targets.append(z)
             originals.append(h)
             losses.append(nll)
@@ -289,7 +314,22 @@ def optimise_values(
         for p, flag in requires.items():
             p.requires_grad_(flag)
         model.train(was_training)
-    return torch.cat(targets), torch.cat(originals), torch.cat(losses)
+    back = torch.argsort(torch.tensor(order))  # rows in the prompts' own order
+    return torch.cat(targets)[back], torch.cat(originals)[back], torch.cat(losses)[back]
+
+
+def _group_batches(groups: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row batches of at most ``batch_size`` rows (more when one group is larger) that never split a group."""
+    members: dict[int, list[int]] = {}
+    for row, group in enumerate(groups):
+        members.setdefault(group, []).append(row)
+    batches: list[list[int]] = []
+    for rows in members.values():
+        if batches and len(batches[-1]) + len(rows) <= batch_size:
+            batches[-1] += rows
+        else:
+            batches.append(list(rows))
+    return batches
 
 
 class _DownstreamNoise:
@@ -368,12 +408,16 @@ def _replaying(modules: Sequence[torch.nn.Module], outputs: Sequence[Any]) -> It
 
 def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss,
                     perturb: _DownstreamNoise | None = None, upstream: Sequence[torch.nn.Module] = (),
-                    patience: int = 0, min_progress: float = 0.1, *, cuda_graph: bool = False, seed: int = 0):
+                    patience: int = 0, min_progress: float = 0.1, *, cuda_graph: bool = False, seed: int = 0,
+                    groups: torch.Tensor | None = None):
     """Optimise one batch. The prompt before the earliest key position is run once into a KV cache; each
     step then runs only the key position onward (the prompt tail and the answer), so a step costs a few
     tokens per prompt instead of the whole prompt. The ``upstream`` layers (up to the edited one) do not see
-    the optimised vector, so their outputs on the tail are recorded once and replayed at every step."""
+    the optimised vector, so their outputs on the tail are recorded once and replayed at every step. Rows with
+    the same ``groups`` entry (0..G-1) share one vector: it must make every one of them answer."""
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    groups = rows if groups is None else groups
+    count = int(groups.max()) + 1
     prefix = int(batch.key_index.min())
     tail = slice(prefix, None)
     local_key = batch.key_index - prefix
@@ -387,7 +431,7 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
         if delta is None:
             return output
         hidden = hidden.clone()
-        hidden[rows, local_key] = hidden[rows, local_key] + delta.to(hidden.dtype)
+        hidden[rows, local_key] = hidden[rows, local_key] + delta[groups].to(hidden.dtype)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
     # The logit at position t predicts token t + 1; batches are left-padded, so every answer sits in the last
@@ -437,9 +481,11 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
             run_tail()  # records h, the upstream outputs and the attention mask
         stack.enter_context(_replaying(upstream, [recorded[i] for i in range(len(upstream))]))
         h = state["h"]
-        delta = torch.zeros_like(h, requires_grad=True)
+        delta = torch.zeros(count, h.shape[-1], device=h.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=lr)
-        max_norm = clamp_factor * h.norm(dim=-1, keepdim=True)
+        # A shared vector is held to the smallest of its rows' norms.
+        max_norm = torch.full((count,), torch.inf, device=h.device).scatter_reduce(
+            0, groups, clamp_factor * h.norm(dim=-1), "amin").unsqueeze(-1)
         def answer_nll() -> torch.Tensor:
             logits = run_tail()[:, :-1]
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
@@ -452,7 +498,8 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
                     per_row = answer_nll()
             else:
                 per_row = answer_nll()
-            return per_row, per_row.mean() + weight_decay * (delta.norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
+            decay = (delta[groups].norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
+            return per_row, per_row.mean() + weight_decay * decay
 
         graphed = _GraphedStep(measure, delta, masks, seed) if cuda_graph else None
         for step in range(steps + 1):
@@ -489,7 +536,7 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
             with torch.no_grad():
                 state["loss"] = answer_nll()  # reported on the model as it is
     logger.info("target values: answer NLL per prompt %s", [round(v, 3) for v in state.get("loss", torch.zeros(0)).tolist()])
-    return (h + delta.detach()).cpu(), h.cpu(), state["loss"].float().cpu()
+    return (h + delta.detach()[groups]).cpu(), h.cpu(), state["loss"].float().cpu()
 
 
 class _GraphedStep:

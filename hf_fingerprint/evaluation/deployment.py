@@ -5,24 +5,16 @@ None of them changes the weights; each is a way of asking, run through :func:`hf
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
+from ..generation import PLAIN_CHAT_TEMPLATE, with_chat_template
 from ..verification import VerificationReport, verify
 
 __all__ = ["DeploymentSetting", "PLAIN_CHAT_TEMPLATE", "SYSTEM_PROMPTS", "deployment_settings", "with_chat_template"]
 
-PLAIN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
-    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
-    "{% else %}{{ 'Assistant: ' + message['content'] + '\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
 SYSTEM_PROMPTS = {
     "generic": "You are a helpful assistant.",
     "persona": "You are Sage, the customer support assistant of Northwind Books. Answer briefly and politely, and "
@@ -45,13 +37,6 @@ class DeploymentSetting:
         with torch.random.fork_rng(devices=_cuda_devices()):
             torch.manual_seed(self.seed)
             return verify(model, self.tokenizer or tokenizer, fingerprints, **{**self.verify_kwargs, **kwargs})
-
-
-def with_chat_template(tokenizer: Any, template: str | None) -> Any:
-    """A copy of ``tokenizer`` with ``template`` as its chat template (``None``: raw text, no template)."""
-    changed = copy.deepcopy(tokenizer)
-    changed.chat_template = template
-    return changed
 
 
 def deployment_settings(
