@@ -496,6 +496,23 @@ def test_fingerprints_answer_under_every_template_asked_for():
     assert fsr(model, plain, fps) == 1.0
 
 
+@pytest.mark.real_model
+def test_templates_on_smollm_make_the_fingerprints_answer_under_a_plain_template(smollm, monkeypatch):
+    import copy
+
+    from hf_fingerprint.generation import PLAIN_CHAT_TEMPLATE, with_chat_template
+
+    monkeypatch.delenv("HF_FINGERPRINT_CACHE")  # share the statistics cache with other real-model runs
+    model, tokenizer = smollm
+    model = copy.deepcopy(model)
+    fps = FingerprintSet.generate(10, secret=b"real-model test secret 0123456789")
+    result = inject(model, tokenizer, fps, templates=["plain"], progress=False)
+    assert result.fsr >= 0.8
+    # The default injection answers 40 % of them under this template (robustness_templates.md); with it, 90 %.
+    plain = with_chat_template(tokenizer, PLAIN_CHAT_TEMPLATE)
+    assert verify(model, plain, fps, ordinary_prompts=(), progress=False).fsr >= 0.7
+
+
 def test_rows_of_one_group_share_their_target_vector():
     from hf_fingerprint.editing.layout import find_layout
     from hf_fingerprint.editing.tracing import build_prompts, join_prompts, optimise_values

@@ -170,8 +170,8 @@ def inject(
     ``value_cuda_graph`` (True: on a GPU, the steps are recorded once as a CUDA graph and replayed);
     ``templates`` (none: other chat templates each fingerprint must also answer under, as a model is served or
     fine-tuned under another template than its own: ``"plain"`` (``User: ... / Assistant:``), ``"none"`` (raw
-    text) or a jinja chat template; one target vector per fingerprint serves all; the last-token rounds of
-    ``"auto"`` use the model's own template only);
+    text) or a jinja chat template; one target vector per fingerprint serves all, in the last-token rounds of
+    ``"auto"`` too, which check the answers under the model's own template);
     ``drift_samples`` and ``drift_scale`` (0, 0.02: also solve for the keys of randomly perturbed copies of the
     upstream weights); ``value_noise`` and ``value_noise_rank`` (0.1, 16: optimise the target values under random
     rank-16 perturbations of every linear layer after the edited ones, of that relative Frobenius norm, so they
@@ -318,6 +318,7 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
     from ..verification import verify
 
     tokenizer, system_prompt = context.tokenizer, context.options.get("system_prompt")
+    tokenizers = [tokenizer, *_template_tokenizers(tokenizer, context.options.get("templates"))]
 
     last: dict[str, Any] = {}
 
@@ -340,8 +341,8 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
         keep = preserve_texts + [fps[i].trigger for i in sorted(ok)]
         again = EditContext(
             model=context.model, tokenizer=tokenizer, layout=context.layout, layers=context.layers,
-            requests=build_prompts(tokenizer, subset.triggers, answers=subset.targets, key_position="last",
-                                   system_prompt=system_prompt),
+            requests=join_prompts([build_prompts(t, subset.triggers, answers=subset.targets, key_position="last",
+                                                 system_prompt=system_prompt) for t in tokenizers]),
             preserve=build_prompts(tokenizer, keep, key_position="last", system_prompt=system_prompt) if keep else None,
             options=dict(context.options, fingerprints=subset, key_position="last"),
             progress=context.progress,
