@@ -32,6 +32,7 @@ def test_generate_with_new_secret_and_reuse(tmp_path, capsys):
         (["generate", "-n", "3", "-o", "OUT", "--secret-file", "/no/such/key"], "No secret file"),
         (["inject", "MODEL", "FPS", "-o", "OUT", "--method", "memit", "--option", "mom2_wieght=3"],
          "did you mean 'mom2_weight'"),
+        (["inject", "MODEL", "FPS", "-o", "OUT", "--option", 'templates=["fancy"]'], "Unknown template 'fancy'"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):

@@ -251,13 +251,15 @@ def inject(
 
 
 def check_options(method: str, options: dict[str, Any]) -> None:
-    """Raise :class:`InjectionError` on an unknown method or an option it does not read (a misspelt one would
-    otherwise leave its default in force). ``inject``'s own parameters (``layers``, ...) pass."""
+    """Raise :class:`InjectionError` on an unknown method, an option it does not read (a misspelt one would
+    otherwise leave its default in force) or a ``templates`` value that is not one. ``inject``'s own parameters
+    (``layers``, ...) pass."""
     if method not in METHODS:
         raise InjectionError(f"Unknown method '{method}'; choose one of: {', '.join(METHODS)}.")
     known = importlib.import_module(f".{method}", __package__).OPTIONS | INJECT_OPTIONS
     unknown = sorted(set(options) - known - set(inspect.signature(inject).parameters))
     if not unknown:
+        _chat_templates(options.get("templates"))  # a value check too, so the CLI refuses before loading a model
         return
     hints = []
     for name in unknown:
@@ -268,6 +270,11 @@ def check_options(method: str, options: dict[str, Any]) -> None:
 
 def _template_tokenizers(tokenizer: Any, templates: Any) -> list[Any]:
     """Copies of ``tokenizer`` under each of the ``templates`` option's chat templates."""
+    return [with_chat_template(tokenizer, t) for t in _chat_templates(templates)]
+
+
+def _chat_templates(templates: Any) -> list[str | None]:
+    """The ``templates`` option as chat templates (``None``: raw text), or a clear error."""
     if templates is None:
         return []
     if isinstance(templates, str) or not isinstance(templates, (list, tuple)):
@@ -282,7 +289,7 @@ def _template_tokenizers(tokenizer: Any, templates: Any) -> list[Any]:
             chosen.append(template)
         else:
             raise InjectionError(f"Unknown template {template!r}: give 'plain', 'none' or a jinja chat template.")
-    return [with_chat_template(tokenizer, t) for t in chosen]
+    return chosen
 
 
 def _reset_peak_rss() -> None:
