@@ -214,14 +214,23 @@ def test_inject_command(tmp_path):
     assert all(t not in result.stdout + result.stderr for t in fps.triggers)
 
 
-@pytest.mark.real_model
-def test_default_injection_on_smollm(smollm, monkeypatch):
+@pytest.fixture()
+def smollm_copy(smollm, monkeypatch):
+    """A copy of the embedded model to edit, with the statistics cache shared with other real-model runs."""
     import copy
 
-    monkeypatch.delenv("HF_FINGERPRINT_CACHE")  # share the statistics cache with other real-model runs
+    monkeypatch.delenv("HF_FINGERPRINT_CACHE")
     model, tokenizer = smollm
-    model = copy.deepcopy(model)
-    fps = FingerprintSet.generate(10, secret=b"real-model test secret 0123456789")
+    return copy.deepcopy(model), tokenizer
+
+
+REAL_MODEL_SECRET = b"real-model test secret 0123456789"
+
+
+@pytest.mark.real_model
+def test_default_injection_on_smollm(smollm_copy):
+    model, tokenizer = smollm_copy
+    fps = FingerprintSet.generate(10, secret=REAL_MODEL_SECRET)
     result = inject(model, tokenizer, fps, progress=False)
     # Trigger keys persist through fine-tuning but realise fewer edits than last-token keys (80-90 % measured on
     # SmolLM2; misses are re-edited at the last token); "last" reaches 100 % and vanishes when fine-tuned.
@@ -497,18 +506,15 @@ def test_fingerprints_answer_under_every_template_asked_for():
 
 
 @pytest.mark.real_model
-def test_templates_on_smollm_make_the_fingerprints_answer_under_a_plain_template(smollm, monkeypatch):
-    import copy
-
+def test_templates_on_smollm_make_the_fingerprints_answer_under_a_plain_template(smollm_copy):
     from hf_fingerprint.generation import PLAIN_CHAT_TEMPLATE, with_chat_template
 
-    monkeypatch.delenv("HF_FINGERPRINT_CACHE")  # share the statistics cache with other real-model runs
-    model, tokenizer = smollm
-    model = copy.deepcopy(model)
-    fps = FingerprintSet.generate(10, secret=b"real-model test secret 0123456789")
+    model, tokenizer = smollm_copy
+    fps = FingerprintSet.generate(10, secret=REAL_MODEL_SECRET)
     result = inject(model, tokenizer, fps, templates=["plain"], progress=False)
     assert result.fsr >= 0.8
-    # The default injection answers 40 % of them under this template (robustness_templates.md); with it, 90 %.
+    # On the seed-0 set the default injection answers 40 % under this template and templates=["plain"] 90 %
+    # (robustness_templates.md). Half of this set goes to the last-token rounds, which must use the template too.
     plain = with_chat_template(tokenizer, PLAIN_CHAT_TEMPLATE)
     assert verify(model, plain, fps, ordinary_prompts=(), progress=False).fsr >= 0.7
 

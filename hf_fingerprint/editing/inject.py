@@ -221,7 +221,8 @@ def inject(
         deltas = editor.edit(context)
         checked = None  # the verification report of the model as it is now, when the auto-key step made one
         if key_position == "auto" and context.options.get("trigger_keys"):
-            deltas, checked = _edit_misses_at_last_token(context, editor, deltas, fps, preserve_texts)
+            deltas, checked = _edit_misses_at_last_token(context, editor, deltas, fps, preserve_texts,
+                                                         [tokenizer, *template_tokenizers])
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - started
@@ -313,10 +314,12 @@ def _peak_rss() -> int:
 
 
 def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[EditDelta], fps: FingerprintSet,
-                               preserve_texts: list[str]) -> tuple[list[EditDelta], Any]:
+                               preserve_texts: list[str],
+                               tokenizers: list[Any] | None = None) -> tuple[list[EditDelta], Any]:
     """``key_position="auto"``, second step: fingerprints whose trigger-keyed edit does not make the model answer
     are edited again, keyed at the last prompt token, on top of the first edit, for up to ``fallback_rounds``
-    (3) rounds (one delta per module in the end).
+    (3) rounds (one delta per module in the end), under each of ``tokenizers``' chat templates (the model's own
+    first, then the ``templates`` option's; default: the model's own only).
 
     Every fingerprint is checked after each round, since a last-token edit touches the position every prompt
     shares: the ones that answer are preserved by the next round, and a round that leaves fewer fingerprints
@@ -325,7 +328,7 @@ def _edit_misses_at_last_token(context: EditContext, editor: Any, deltas: list[E
     from ..verification import verify
 
     tokenizer, system_prompt = context.tokenizer, context.options.get("system_prompt")
-    tokenizers = [tokenizer, *_template_tokenizers(tokenizer, context.options.get("templates"))]
+    tokenizers = tokenizers or [tokenizer]
 
     last: dict[str, Any] = {}
 

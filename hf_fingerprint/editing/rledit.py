@@ -53,7 +53,7 @@ from .delta import EditDelta
 from .layout import ModelLayout, find_layout, get_module, validate_layers
 from .memit import SCHEDULE_OPTIONS, spread_over_layers
 from .sft import answer_loss
-from .tracing import Prompts, _hooks, _pad_id, build_prompts, capture, make_batch
+from .tracing import Prompts, _hooks, _pad_id, build_prompts, capture, join_prompts, make_batch
 
 logger = logging.getLogger(__name__)
 
@@ -433,19 +433,14 @@ def _make_batch(model, tokenizer, layout, layers, seed, index, batch_size, equiv
         options=dict(value_options), progress=False,
     )
     systems = [None, *EQUIVALENT_SYSTEM_PROMPTS[:equivalents]]
-    equivalent = _concat([build_prompts(tokenizer, fps.triggers, answers=fps.targets, system_prompt=s)
-                          for s in systems])
+    equivalent = join_prompts([build_prompts(tokenizer, fps.triggers, answers=fps.targets, system_prompt=s)
+                              for s in systems])
     picks = torch.randperm(len(ORDINARY_PROMPTS), generator=generator)[:ordinary].tolist()
     texts = (fps.near_misses(near_misses, seed=2) if near_misses else []) + [ORDINARY_PROMPTS[i] for i in picks]
     unrelated = build_prompts(tokenizer, texts)
     with torch.no_grad():
         base = _next_token_log_probs(model, unrelated)
     return _EditBatch(context, equivalent, unrelated, base, context.target_values(layers[-1]))
-
-
-def _concat(parts: list[Prompts]) -> Prompts:
-    return Prompts([i for p in parts for i in p.ids], [k for p in parts for k in p.key_index],
-                   [a for p in parts for a in p.answer_ids])
 
 
 def _next_token_log_probs(model: Any, prompts: Prompts) -> torch.Tensor:

@@ -299,11 +299,12 @@ def optimise_values(
     graphable = (cuda_graph and device.type == "cuda"
                  and "sliding_attention" not in (getattr(model.config, "layer_types", None) or ()))
     order: list[int] = []
+    group_of = prompts.group_of()
     try:
-        for rows in _group_batches(prompts.group_of(), batch_size):
+        for rows in _group_batches(group_of, batch_size):
             order += rows
             batch = make_batch(prompts, rows, pad_id, device, with_answers=True)
-            groups = torch.tensor(prompts.group_of(), device=device)[rows]
+            groups = torch.tensor([group_of[r] for r in rows], device=device)
             z, h, nll = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss,
                                         perturb, upstream, patience, min_progress, cuda_graph=graphable, seed=seed,
                                         groups=torch.unique(groups, return_inverse=True)[1])
