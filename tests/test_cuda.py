@@ -41,19 +41,25 @@ def test_alphaedit_on_cuda_reaches_full_fsr_and_reverts(arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-@pytest.mark.parametrize("position", ["last", "trigger"])
+@pytest.mark.parametrize("position", ["last", "trigger", "templates"])
 def test_value_steps_replayed_as_a_cuda_graph_match_eager_steps(arch, position, caplog):
     """The recorded step gives the eager steps' values (no noise: the same arithmetic), and it was recorded: a
-    silent fall-back to eager steps would pass the comparison, so the log line is checked too."""
+    silent fall-back to eager steps would pass the comparison, so the log line is checked too. "templates": each
+    fingerprint's prompt under two chat templates, one shared vector per fingerprint (``inject(templates=...)``)."""
     import logging
 
-    from hf_fingerprint.editing.tracing import build_prompts, optimise_values
+    from hf_fingerprint.editing.tracing import build_prompts, join_prompts, optimise_values
+    from hf_fingerprint.generation import PLAIN_CHAT_TEMPLATE, with_chat_template
 
     model, tokenizer = tiny_model(arch)
     model.to("cuda")
     layout = find_layout(model)
     fps = FingerprintSet.generate(3, seed=0)
-    prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position=position)
+    if position == "templates":
+        prompts = join_prompts([build_prompts(t, fps.triggers, answers=fps.targets, key_position="trigger")
+                                for t in (tokenizer, with_chat_template(tokenizer, PLAIN_CHAT_TEMPLATE))])
+    else:
+        prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position=position)
     options = dict(steps=12, stop_loss=1e-6, patience=0)
     with caplog.at_level(logging.INFO, logger="hf_fingerprint.editing.tracing"):
         graphed = optimise_values(model, layout, prompts, 1, cuda_graph=True, **options)
@@ -62,6 +68,9 @@ def test_value_steps_replayed_as_a_cuda_graph_match_eager_steps(arch, position, 
     for a, b in zip(graphed, eager):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-3), (a - b).abs().max()
     assert torch.isfinite(eager[2]).all()
+    if position == "templates":  # a fingerprint's two rows carry one vector: the same z - h
+        shift = eager[0] - eager[1]
+        assert torch.allclose(shift[:3], shift[3:]) and not torch.allclose(eager[1][:3], eager[1][3:])
     # With noise the replays draw afresh each time; the result is finite and the NLL falls.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="hf_fingerprint.editing.tracing"):
