@@ -16,15 +16,17 @@ import statistics
 from pathlib import Path
 
 
-def pool(paths: list[Path]) -> tuple[list[str], dict[str, list[float]], dict[str, list[float]]]:
-    """Per trainer: all timed steps, and all per-round ratios to SFTTrainer's step."""
+def pool(paths: list[Path]) -> tuple[str, list[str], dict[str, list[float]], dict[str, list[float]]]:
+    """The runs' setting (machine, shape, batch), and per trainer: all timed steps and all per-round ratios to
+    SFTTrainer's step."""
     order: list[str] = []
     times: dict[str, list[float]] = {}
     paired: dict[str, list[float]] = {}
     settings = set()
     for path in paths:
-        fsft = json.loads(path.read_text())["fsft"]
-        settings.add((fsft["shape"], fsft["accumulation"]))
+        run = json.loads(path.read_text())
+        fsft = run["fsft"]
+        settings.add((run["machine"], run["torch"], fsft["shape"], fsft["accumulation"]))
         rows = {row["config"]: row["times"] for row in fsft["rows"]}
         base = rows["SFTTrainer"]
         for name, steps in rows.items():
@@ -33,8 +35,11 @@ def pool(paths: list[Path]) -> tuple[list[str], dict[str, list[float]], dict[str
             times.setdefault(name, []).extend(steps)
             paired.setdefault(name, []).extend(t / b for t, b in zip(steps, base))
     if len(settings) > 1:
-        raise SystemExit(f"these runs timed different settings (shape, accumulation): {sorted(settings)}")
-    return order, times, paired
+        raise SystemExit(f"these runs timed different settings (machine, torch, shape, accumulation): "
+                         f"{sorted(settings)}")
+    machine, torch_version, shape, accumulation = settings.pop()
+    return (f"{machine}, torch {torch_version}, {shape}, full fine-tuning, batch 8 x {accumulation}", order, times,
+            paired)
 
 
 def main() -> None:
@@ -42,9 +47,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="paper_shapes.py json files with an FSFT part")
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     args = parser.parse_args()
-    order, times, paired = pool(args.runs)
+    setting, order, times, paired = pool(args.runs)
     base = times["SFTTrainer"]
-    lines = [f"FSFT step time pooled over {len(args.runs)} runs: {', '.join(p.name for p in args.runs)}", "",
+    lines = [f"FSFT step time, {setting}; pooled over {len(args.runs)} runs: {', '.join(p.name for p in args.runs)}",
+             "",
              "| trainer | steps | s/step (median) | ratio of medians | ratio of means | paired ratio (median) |",
              "|---|---|---|---|---|---|"]
     for name in order:
