@@ -24,8 +24,13 @@ def pool(paths: list[Path]) -> tuple[str, list[str], dict[str, list[float]], dic
     paired: dict[str, list[float]] = {}
     settings = set()
     for path in paths:
-        run = json.loads(path.read_text())
-        fsft = run["fsft"]
+        try:
+            run = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"{path}: not a readable paper_shapes.py json file ({error})") from None
+        fsft = run.get("fsft") if isinstance(run, dict) else None
+        if not fsft or not any(row.get("config") == "SFTTrainer" for row in fsft.get("rows", [])):
+            raise SystemExit(f"{path}: no FSFT timings with an SFTTrainer row (was it run with --fsft-shape none?)")
         settings.add((run["machine"], run["torch"], fsft["shape"], fsft["accumulation"]))
         rows = {row["config"]: row["times"] for row in fsft["rows"]}
         base = rows["SFTTrainer"]
