@@ -34,6 +34,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="perplexity_breakdown")
     args = parser.parse_args()
+    if args.size < 1:
+        parser.error("--size must be at least 1")
+    options = parse_options(",".join(args.option)) if args.option else {}
+    from hf_fingerprint.editing.inject import check_options
+    from hf_fingerprint.errors import InjectionError
+
+    try:  # a misspelt option fails here, before the model loads
+        check_options(options.get("method", "alphaedit"), options)
+    except InjectionError as error:
+        parser.error(str(error))
 
     import torch
     import torch.nn.functional as F
@@ -43,7 +53,6 @@ def main() -> None:
     from hf_fingerprint.generation import pad_token_id
 
     torch.set_num_threads(args.threads)
-    options = parse_options(",".join(args.option)) if args.option else {}
     model, tokenizer = hfp.load_model("smollm2-135m-instruct")
     fps = hfp.FingerprintSet.generate(args.size, seed=0)
     encoded = [ids[:256] for ids in _token_ids(tokenizer, held_out_texts())]  # as perplexity() reads them
