@@ -18,7 +18,8 @@ the FSFT penalty's form; ``:anchor=LAMBDA`` adds the key anchor,
 ``:replay=LAMBDA`` the answer replay, ``:prompts=N`` their fingerprint prompts per step, default 4; 2 before 2026-11-28; ``:every=N`` on every
 N-th step only),
 ``:accum=N`` (micro-batches of ``--batch-size`` per optimizer step), ``:task=instruction``,
-``:steps=N`` (instead of ``--steps``) and ``:only=NAME`` (one variant only).
+``:steps=N`` (instead of ``--steps``) and ``:only=NAME`` (one variant only). ``--accuracy N`` also scores each math
+run's greedy answers on N held-out problems (the task metric besides the held-out loss).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--stop-at-zero", action="store_true",
                         help="end a fine-tuning run once its FSR is 0 (the table marks where it stopped)")
     parser.add_argument("--bf16", action="store_true", help="fine-tune under bfloat16 autocast (faster on CPUs with AMX)")
+    parser.add_argument("--accuracy", type=int, default=0, metavar="N",
+                        help="also score greedy answers on N held-out math problems after each math run (0 = off)")
     parser.add_argument("--name", default="persistence", help="results file stem under benchmarks/results/")
     args = parser.parse_args()
     variants = [parse_variant(v) for v in (args.variant or ["alphaedit", "sft"])]
@@ -112,6 +115,15 @@ def main() -> None:
 
     held_out = {task: load_task_dataset(task, num_examples=64, seed=args.seed + 1000)
                 for task in {spec["task"] for spec in finetunes}}
+    problems = load_task_dataset("math", num_examples=args.accuracy, seed=args.seed + 1000) if args.accuracy else None
+
+    def accuracy(model, task: str) -> float | None:
+        """Greedy-answer accuracy on ``--accuracy`` held-out math problems (None when off or not the math task)."""
+        if problems is None or task != "math":
+            return None
+        from hf_fingerprint.tasks import math_accuracy
+
+        return math_accuracy(model, tokenizer, problems)
 
     @torch.no_grad()
     def task_loss(model, task: str) -> float:
@@ -173,7 +185,8 @@ def main() -> None:
                          "trigger_keys": result.options.get("trigger_keys"),
                          "perplexity_change": ppl_change, "curve": curve, "stopped_early": curve[-1][0] < steps,
                          "seconds_per_step": train_seconds / max(1, curve[-1][0]),
-                         "task_loss": task_loss(tuned, spec["task"])})
+                         "task_loss": task_loss(tuned, spec["task"]), "accuracy": accuracy(tuned, spec["task"]),
+                         "accuracy_problems": args.accuracy or None})
             del tuned
             stem.with_suffix(".json").write_text(json.dumps({**meta, "runs": runs}, indent=1))
         del model, result
@@ -195,12 +208,13 @@ def report_from_json(path: str, *more: str) -> None:
 
 def write_report(stem: Path, meta: dict, runs: list[dict]) -> None:
     steps = sorted({s for r in runs for s, _ in r["curve"]})
+    scored = any(r.get("accuracy") is not None for r in runs)
     lines = [
         f"Persistence on SmolLM2-135M-Instruct, {meta['date']}, {meta['machine']}; {meta['fingerprints']} fingerprints, "
         f"batch {meta['batch_size']}, {meta['precision']}, one run each. `{meta['command']}`\n",
         "| injection | options | perplexity change | fine-tuning | " + " | ".join(f"FSR @{s}" for s in steps)
-        + " | held-out task loss | s/step |",
-        "|---|---|---|---|" + "---|" * len(steps) + "---|---|",
+        + " | held-out task loss |" + (" math accuracy |" if scored else "") + " s/step |",
+        "|---|---|---|---|" + "---|" * len(steps) + "---|" * (3 if scored else 2),
     ]
     for r in runs:
         at = dict(r["curve"])
@@ -214,6 +228,9 @@ def write_report(stem: Path, meta: dict, runs: list[dict]) -> None:
             per_step = f"{r['finetune_seconds'] / max(1, r['curve'][-1][0]):.1f} (with checks)"
         else:
             per_step = "not measured"
+        if scored:
+            loss += (f" | {100 * r['accuracy']:.1f} % of {r['accuracy_problems']}" if r.get("accuracy") is not None
+                     else " | not measured")
         lines.append(f"| {r['name']} ({r['method']}) | {options} | {100 * r['perplexity_change']:+.2f} % | "
                      f"{r['finetune']} | {cells} | {loss} | {per_step} |")
     if meta.get("note"):  # written by hand into the JSON: what the commands alone do not say
