@@ -80,6 +80,8 @@ def main() -> None:
                         help="also score greedy answers on N held-out math problems after each math run (0 = off)")
     parser.add_argument("--name", default="persistence", help="results file stem under benchmarks/results/")
     args = parser.parse_args()
+    if args.accuracy < 0:
+        parser.error(f"--accuracy is a number of problems (0 = off), got {args.accuracy}")
     variants = [parse_variant(v) for v in (args.variant or ["alphaedit", "sft"])]
     from hf_fingerprint.editing.inject import check_options
     from hf_fingerprint.errors import InjectionError
