@@ -50,7 +50,7 @@ class FSFTConfig(SFTConfig):
         fsft_anchor_prompts (`int`, defaults to `4`):
             Fingerprint prompts per optimizer step for the key anchor and the answer replay (cycled through the set).
             On SmolLM2 (full fine-tuning at lr 3e-4, anchor 100, replay 0.2) 4 kept FSR at 100 % at every
-            evaluation at +0.6 % task loss (+1.2 to +3.8 % in three more seeds); 2 dipped to 70 % after 10 steps
+            evaluation at +0.6 % task loss (+1.2 to +3.8 % in three more runs); 2 dipped to 70 % after 10 steps
             and 1 to 70 % more often.
         fsft_anchor_every (`int`, defaults to `1`):
             The key anchor and the answer replay act on every n-th optimizer step only (the first, then every n-th),
