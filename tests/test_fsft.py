@@ -558,6 +558,50 @@ def test_anchor_read_off_the_replay_pass_equals_its_own_pass(models):
         assert torch.allclose(plain_grad, fused_grad, rtol=1e-3, atol=1e-7)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+def test_replay_pass_packs_its_prompts_as_if_each_ran_alone(arch):
+    # The replay's prompts run end to end in one row, position ids restarting and no attention mask (transformers'
+    # packed-sequence format): its loss, its gradient and the anchor's keys must be those of each prompt alone.
+    from hf_fingerprint import FingerprintSet
+    from hf_fingerprint.editing.layout import find_layout
+    from hf_fingerprint.fsft.anchor import KeyAnchor
+    from hf_fingerprint.fsft.replay import AnswerReplay
+
+    model, tokenizer = tiny_model(arch)
+    fingerprints = FingerprintSet.generate(4, seed=5)
+    layers = find_layout(model).layers_path
+    modules = [model.get_submodule(f"{layers}.{i}.mlp.down_proj") for i in (1, 2)]
+    anchor = KeyAnchor(model, tokenizer, fingerprints.triggers, modules, per_step=3)
+    with torch.no_grad():  # keys move away from the reference: the anchor is non-zero
+        model.get_submodule(f"{layers}.0.mlp.up_proj").weight.mul_(1.5)
+    replay = AnswerReplay(tokenizer, fingerprints.triggers, fingerprints.targets, per_step=3)
+    rows = [2, 0, 3]
+    weight = model.get_submodule(f"{layers}.1.mlp.up_proj").weight
+
+    model.zero_grad()
+    packed, packed_anchor = replay.with_anchor(model, anchor, rows)
+    packed.backward()
+    packed_grad = weight.grad.clone()
+
+    model.zero_grad()
+    prompts = replay._prompts
+    alone = []
+    for r in rows:
+        ids = torch.tensor([prompts.ids[r] + prompts.answer_ids[r]])
+        logits = model(input_ids=ids, use_cache=False).logits[0, len(prompts.ids[r]) - 1 : -1].float()
+        alone.append(torch.nn.functional.cross_entropy(logits, torch.tensor(prompts.answer_ids[r])))
+    reference = torch.stack(alone).mean()
+    reference.backward()
+    with torch.no_grad():
+        own_anchor = anchor.loss(anchor.keys_of(model, rows), rows)
+
+    assert packed.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert weight.grad.abs().max() > 0
+    assert torch.allclose(packed_grad, weight.grad, rtol=1e-3, atol=1e-6)
+    assert own_anchor.item() > 1e-4
+    assert packed_anchor.item() == pytest.approx(own_anchor.item(), rel=1e-4)
+
+
 def test_anchor_and_replay_under_activation_checkpointing_give_the_same_update(models, tmp_path):
     # TRL's SFTConfig checkpoints activations by default; the anchor's hooked forward must still work under it.
     from hf_fingerprint import FingerprintSet
@@ -591,7 +635,9 @@ def test_replay_joined_to_the_training_batch_gives_the_same_update(models, tmp_p
     fingerprints = FingerprintSet.generate(3, seed=3)
     updates, logs = {}, {}
     for where in ("separate", "joint"):
-        model = _copy(fingerprinted)
+        # float64: two steps of this steep toy run amplify float32 rounding (the passes sum in other orders) to
+        # ~1e-3 of the update; a real mismatch is of the order of the update itself.
+        model = _copy(fingerprinted).double()
         args = _config(tmp_path, max_steps=2, optim="sgd", learning_rate=0.05, max_grad_norm=0.0, weight_decay=0.0,
                        fsft_lambda=1.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=1.0, fsft_anchor_prompts=2,
                        fsft_replay_pass=where, activation_checkpointing=bool(checkpointing),

@@ -90,22 +90,24 @@ class KeyAnchor:
 
     @contextlib.contextmanager
     def watching(
-        self, key_index: torch.Tensor, rows: list[int], *, first_row: int = 0, stop: bool = False
+        self, key_index: torch.Tensor, rows: list[int], *, first_row: int = 0, stop: bool = False,
+        packed: bool = False,
     ) -> Iterator[list[torch.Tensor]]:
         """Capture each edited module's input at both key positions of ``rows`` during a forward pass of a batch
         holding these prompts (answers appended or not: attention is causal, so the keys are the same) in its rows
         ``first_row, first_row + 1, ...``, with each prompt's last token at ``key_index`` (per row, in the batch's
-        padded coordinates). The yielded list is filled, in module order, when the pass has run. ``stop`` raises
+        padded coordinates; with ``packed``, the prompts lie end to end in row 0 and ``key_index`` is in that row's
+        coordinates). The yielded list is filled, in module order, when the pass has run. ``stop`` raises
         ``_Reached`` after the deepest module, for a pass that needs nothing further."""
         captured: dict[int, torch.Tensor] = {}
         keys: list[torch.Tensor] = []
-        with _hooks(self.capture_hooks(key_index, rows, captured, first_row=first_row, stop=stop)):
+        with _hooks(self.capture_hooks(key_index, rows, captured, first_row=first_row, stop=stop, packed=packed)):
             yield keys
         keys.extend(captured[i] for i in range(len(self.modules)) if i in captured)
 
     def capture_hooks(
         self, key_index: torch.Tensor, rows: list[int], captured: dict[int, torch.Tensor], *, first_row: int = 0,
-        stop: bool = False, when: Callable[[], bool] | None = None
+        stop: bool = False, when: Callable[[], bool] | None = None, packed: bool = False
     ) -> list[Any]:
         """The forward pre-hooks behind [`watching`], registered: each writes its module's keys into
         ``captured[module index]`` whenever the module runs while ``when()`` holds (so again in a checkpointed
@@ -113,13 +115,15 @@ class KeyAnchor:
         shift = torch.tensor([self._trigger_index[r] - self._last.key_index[r] for r in rows],
                              device=key_index.device)
         positions = torch.stack([key_index + shift, key_index], dim=1)  # rows x 2
-        arange = first_row + torch.arange(len(rows), device=key_index.device)[:, None]
+        device = key_index.device
+        batch_row = (torch.zeros(len(rows), dtype=torch.long, device=device) if packed
+                     else first_row + torch.arange(len(rows), device=device))[:, None]
 
         def hook(index: int):
             def capture(_module, args):
                 if when is not None and not when():
                     return
-                captured[index] = args[0][arange, positions].float()
+                captured[index] = args[0][batch_row, positions].float()
                 if stop and len(captured) == len(self.modules):
                     raise _Reached
 

@@ -61,7 +61,7 @@ class FSFTConfig(SFTConfig):
             Where the replay (and the anchor with it) runs. `"joint"`: its prompts are appended to the training
             batch, so one forward and backward serve all terms (small GPU steps are bound by kernel launches, which
             a pass of its own doubles); the rows are padded to the batch's width. `"separate"`: a pass of its own,
-            padded only to the longest replay prompt (cheaper on a CPU, and for long sequences). `"auto"`: joint on
+            its prompts packed end to end in one row, no padding (cheaper on a CPU, and for long sequences). `"auto"`: joint on
             a GPU while the batch is at most twice as wide as the longest replay prompt, separate otherwise.
     """
 
@@ -126,8 +126,8 @@ class FSFTConfig(SFTConfig):
         metadata={
             "help": "Where the answer replay (and the key anchor with it) runs: 'joint' appends its prompts to the "
             "training batch (one forward and backward for all: fewer kernel launches, which dominate small GPU "
-            "steps; the rows are padded to the batch's width), 'separate' gives them a pass of their own (padded "
-            "only to the longest replay prompt: cheaper on a CPU and for long sequences), 'auto' joins them on a "
+            "steps; the rows are padded to the batch's width), 'separate' gives them a pass of their own (packed "
+            "end to end in one row, no padding: cheaper on a CPU and for long sequences), 'auto' joins them on a "
             "GPU while the batch is at most twice as wide as the longest replay prompt.",
             "choices": list(REPLAY_PASSES),
         },

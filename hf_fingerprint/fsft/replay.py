@@ -10,13 +10,14 @@ This is the IF-style fingerprint data mixed into the owner's fine-tuning, at a f
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..editing.tracing import _pad_id, build_prompts, make_batch
+from ..editing.tracing import _pad_id, build_prompts
 from ..generation import model_device
 from .anchor import KeyAnchor, RowCycle, _no_activation_checkpointing
 
@@ -59,23 +60,33 @@ class AnswerReplay:
         on the same triggers, in the same order), the anchor loss on the same prompts read off the same forward
         pass: one pass serves both terms instead of two. The anchor's own row cycle is not used."""
         rows = self._rows.next() if rows is None else rows
-        batch = make_batch(self._prompts, rows, _pad_id(model), model_device(model), with_answers=True)
-        # Only the positions that predict an answer token need logits (the prompt is ~100 tokens, the answer a few).
-        first = int(batch.answer_mask.float().argmax(-1).min()) - 1
+        ids, positions, key_index, keep, labels, owner = [], [], [], [], [], []
+        for i, r in enumerate(rows):  # end to end in one row: no padding (the pass costs its tokens)
+            prompt, answer = self._prompts.ids[r], self._prompts.answer_ids[r]
+            start = len(ids)
+            key_index.append(start + self._prompts.key_index[r])
+            # Only the positions that predict an answer token need logits (the prompt is ~100 tokens, the answer
+            # a few).
+            keep.extend(range(start + len(prompt) - 1, start + len(prompt) + len(answer) - 1))
+            labels.extend(answer)
+            owner.extend([i] * len(answer))
+            ids.extend(prompt + answer)
+            positions.extend(range(len(prompt) + len(answer)))
+        device = model_device(model)
+        as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
         with contextlib.ExitStack() as stack:
             if anchor is not None:
-                keys = stack.enter_context(anchor.watching(batch.key_index, rows))
+                keys = stack.enter_context(anchor.watching(as_tensor(key_index), rows, packed=True))
                 stack.enter_context(_no_activation_checkpointing(model))
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, use_cache=False,
-                           logits_to_keep=batch.input_ids.shape[1] - first).logits
-        labels = batch.labels[:, first + 1:]
-        logits = logits[:, :-1].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                              reduction="none").view(labels.shape)
-        mask = labels != -100
-        replay = ((nll * mask).sum(-1) / mask.sum(-1)).mean()
-        return replay, (anchor.loss(keys, rows) if anchor is not None else None)
+            # Position ids that restart at 0 and no attention mask: transformers' packed-sequence format, in which
+            # each prompt attends to itself only (tests/test_fsft.py checks it against each prompt's own pass).
+            logits = model(input_ids=as_tensor([ids]), position_ids=as_tensor([positions]), use_cache=False,
+                           logits_to_keep=as_tensor(keep)).logits[0].float()
+        nll = F.cross_entropy(logits, as_tensor(labels), reduction="none")
+        owner_t = as_tensor(owner)
+        per_row = torch.zeros(len(rows), device=device).index_add(0, owner_t, nll)
+        per_row = per_row / torch.bincount(owner_t, minlength=len(rows)).clamp_min(1)
+        return per_row.mean(), (anchor.loss(keys, rows) if anchor is not None else None)
 
     def next_rows(self) -> list[int]:
         return self._rows.next()
