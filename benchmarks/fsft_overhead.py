@@ -42,6 +42,8 @@ CONFIGS = {
                                                     fsft_replay_lambda=1.0, fsft_anchor_prompts=4),
     # the README's persisting setting (replay in its own pass on a CPU, as fsft_replay_pass="auto" chooses there)
     "FSFT persisting": dict(fsft_lambda=100.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2),
+    # the answer replay alone (no penalty, no key anchor): the ablation of 2026-11-29
+    "FSFT replay only": dict(fsft_lambda=0.0, fsft_replay_lambda=0.2),
     "FSFT persisting, joint pass": dict(fsft_lambda=100.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
                                         fsft_replay_pass="joint"),
     "FSFT persisting, every 2nd step": dict(fsft_lambda=100.0, fsft_anchor_lambda=100.0, fsft_replay_lambda=0.2,
