@@ -61,8 +61,9 @@ class FSFTConfig(SFTConfig):
             Where the replay (and the anchor with it) runs. `"joint"`: its prompts are appended to the training
             batch, so one forward and backward serve all terms (small GPU steps are bound by kernel launches, which
             a pass of its own doubles); the rows are padded to the batch's width. `"separate"`: a pass of its own,
-            its prompts packed end to end in one row, no padding (cheaper on a CPU, and for long sequences). `"auto"`: joint on
-            a GPU while the batch is at most twice as wide as the longest replay prompt, separate otherwise.
+            its prompts packed end to end in one row, no padding (cheaper on a CPU, and for long sequences).
+            `"auto"`: joint on a GPU while the batch is at most twice as wide as the longest replay prompt, separate
+            otherwise.
     """
 
     fsft_lambda: float = field(
