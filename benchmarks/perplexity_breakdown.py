@@ -117,6 +117,21 @@ def main() -> None:
                                           share=float(diff[(positions >= lo) & (positions < hi)].sum()) / total)
                    for lo, hi in spans if bool(((positions >= lo) & (positions < hi)).any())}
     top = {f"{p:g} %": float(ranked[: max(1, int(p / 100 * len(diff)))].sum()) / total for p in (1, 5)}
+    # which input tokens the loss sits on: the token the edit is keyed at in a trigger, any other trigger token
+    from hf_fingerprint.editing.tracing import build_prompts
+
+    prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position="trigger")
+    keyed = {ids[k] for ids, k in zip(prompts.ids, prompts.key_index)}
+    in_triggers = {t for text in fps.triggers for t in tokenizer(text, add_special_tokens=False)["input_ids"]}
+    inputs = torch.tensor([t for ids in encoded for t in ids[:-1]])
+    kinds = {"keyed trigger token": torch.tensor([t in keyed for t in inputs.tolist()]),
+             "other trigger token": torch.tensor([t in in_triggers and t not in keyed for t in inputs.tolist()])}
+    kinds["no trigger token"] = ~(kinds["keyed trigger token"] | kinds["other trigger token"])
+    worst = torch.zeros_like(diff, dtype=torch.bool)
+    worst[diff.argsort(descending=True)[: max(1, len(diff) // 100)]] = True
+    by_input = {kind: dict(tokens=int(m.sum()), mean=float(diff[m].mean()) if bool(m.any()) else 0.0,
+                           share=float(diff[m].sum()) / total, worst=int((m & worst).sum()))
+                for kind, m in kinds.items()}
 
     lines = [
         f"Perplexity breakdown, SmolLM2-135M-Instruct, {machine()}; `python benchmarks/perplexity_breakdown.py "
@@ -138,11 +153,16 @@ def main() -> None:
         f"{100 * float((diff < 0).float().mean()):.0f} % of tokens gain.", "",
         "| positions | tokens | mean NLL change | share of the total |", "|---|---|---|---|",
         *[f"| {span} | {v['tokens']} | {v['mean']:+.4f} | {100 * v['share']:.1f} % |" for span, v in by_position.items()],
+        "", f"By the input token at the predicting position ({len(keyed)} distinct tokens keyed, "
+        f"{len(in_triggers)} in the triggers):", "",
+        "| input token | tokens | mean NLL change | share of the total | of the 1 % that lose most |", "|---|---|---|---|---|",
+        *[f"| {kind} | {v['tokens']} | {v['mean']:+.4f} | {100 * v['share']:.1f} % | {v['worst']} |"
+          for kind, v in by_input.items()],
     ]
     write_results(args.name, lines, dict(size=args.size, options=options, fsr=result.fsr, seconds=result.seconds,
                                          trigger_keys=result.options.get("trigger_keys"),
                                          perplexity_change=change(edited), alone=alone, energy=energy,
-                                         summed_energy=summed, cosines=cosines, by_position=by_position, top=top,
+                                         summed_energy=summed, cosines=cosines, by_position=by_position, top=top, by_input=by_input,
                                          tokens_gaining=float((diff < 0).float().mean())))
 
 
