@@ -5,7 +5,8 @@ paragraphs the perplexity benchmark uses:
 
 - the perplexity change with every edited layer and with each layer's update alone;
 - how the change of the next-token NLL spreads over tokens (the share of the total carried by the 1 % and 5 % of
-  tokens that lose most; the share of tokens that gain) and over positions;
+  tokens that lose most; the share of tokens that gain), over positions, and over input tokens (a trigger's last
+  token, where trigger keys are read; another token of some trigger; a token in no trigger);
 - per edited layer, the update's output on the unedited model's keys of those tokens (dW k): its mean squared
   norm, and E|sum_l dW_l k_l|^2 / sum_l E|dW_l k_l|^2, which is 1 when the layers' changes are uncorrelated and
   up to the number of layers when they point the same way (then a penalty on their sum, across layers, would
@@ -117,7 +118,7 @@ def main() -> None:
                                           share=float(diff[(positions >= lo) & (positions < hi)].sum()) / total)
                    for lo, hi in spans if bool(((positions >= lo) & (positions < hi)).any())}
     top = {f"{p:g} %": float(ranked[: max(1, int(p / 100 * len(diff)))].sum()) / total for p in (1, 5)}
-    # which input tokens the loss sits on: the token the edit is keyed at in a trigger, any other trigger token
+    # which input tokens the loss sits on: a trigger's last token (where trigger keys are read), another trigger token
     from hf_fingerprint.editing.tracing import build_prompts
 
     prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position="trigger")
@@ -162,7 +163,8 @@ def main() -> None:
     write_results(args.name, lines, dict(size=args.size, options=options, fsr=result.fsr, seconds=result.seconds,
                                          trigger_keys=result.options.get("trigger_keys"),
                                          perplexity_change=change(edited), alone=alone, energy=energy,
-                                         summed_energy=summed, cosines=cosines, by_position=by_position, top=top, by_input=by_input,
+                                         summed_energy=summed, cosines=cosines, by_position=by_position, top=top,
+                                         by_input=by_input,
                                          tokens_gaining=float((diff < 0).float().mean())))
 
 
