@@ -156,7 +156,8 @@ def main() -> None:
         *[f"| {span} | {v['tokens']} | {v['mean']:+.4f} | {100 * v['share']:.1f} % |" for span, v in by_position.items()],
         "", f"By the input token at the predicting position ({len(keyed)} distinct tokens keyed, "
         f"{len(in_triggers)} in the triggers):", "",
-        "| input token | tokens | mean NLL change | share of the total | of the 1 % that lose most |", "|---|---|---|---|---|",
+        "| input token | tokens | mean NLL change | share of the total | of the 1 % that lose most |",
+        "|---|---|---|---|---|",
         *[f"| {kind} | {v['tokens']} | {v['mean']:+.4f} | {100 * v['share']:.1f} % | {v['worst']} |"
           for kind, v in by_input.items()],
     ]
