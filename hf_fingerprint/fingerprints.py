@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import _vocab
 from .errors import FingerprintFileError, FingerprintSetError
@@ -21,6 +21,7 @@ FORMAT_VERSION = 1
 STYLES = ("scrambled", "natural", "code_mixing")
 TARGET_VOCABULARIES = {"nouns-v1": _vocab.TARGET_NOUNS_V1}
 NEAR_MISS_KINDS = ("char_edit", "reshuffle", "drop", "swap", "truncate")
+MAX_CANDIDATES = 64  # more would let a claimed secret "match" a set it did not make too easily
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,10 @@ class DeterministicStream:
 class FingerprintSet:
     """An ordered, validated collection of fingerprints, with how it was made.
 
-    ``style`` and ``target_vocabulary`` are recorded at generation; ``target_vocabulary`` names the list each
-    target was drawn from uniformly, which lets :func:`hf_fingerprint.verify` compute an exact p-value.
+    ``style``, ``target_vocabulary`` and ``trigger_candidates`` are recorded at generation;
+    ``target_vocabulary`` names the list each target was drawn from uniformly, which lets
+    :func:`hf_fingerprint.verify` compute an exact p-value; ``trigger_candidates`` is how many triggers were drawn
+    for each kept one (1 unless a scoring model chose).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class FingerprintSet:
         *,
         style: str | None = None,
         target_vocabulary: str | None = None,
+        trigger_candidates: int = 1,
     ):
         items = [fp if isinstance(fp, Fingerprint) else Fingerprint(*fp) for fp in fingerprints]
         _validate(items)
@@ -111,9 +115,13 @@ class FingerprintSet:
             raise FingerprintSetError(
                 f"Unknown target vocabulary '{target_vocabulary}'; known: {', '.join(TARGET_VOCABULARIES)}."
             )
+        if not _is_count(trigger_candidates):
+            raise FingerprintSetError(f"trigger_candidates must be an integer in 1..{MAX_CANDIDATES}, got "
+                                      f"{trigger_candidates!r}.")
         self._items = items
         self.style = style
         self.target_vocabulary = target_vocabulary
+        self.trigger_candidates = trigger_candidates
 
     # -- container protocol ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -162,8 +170,11 @@ class FingerprintSet:
         With ``secret`` the set is a deterministic function of it (HMAC-SHA256 streams), and each target is
         drawn from a stream keyed by the hash of the whole trigger set, so a set cannot be forged after the
         fact. With ``seed`` it is reproducible; with neither, cryptographically random. ``target`` gives every
-        trigger the same target (the IF recipe; much less specific). For ``"code_mixing"``, a
-        ``scoring_model=(model, tokenizer)`` keeps the lowest-perplexity of ``candidates`` sentences.
+        trigger the same target (the IF recipe; much less specific). A ``scoring_model=(model, tokenizer)``
+        draws ``candidates`` triggers for each and keeps one: for ``"code_mixing"`` the lowest-perplexity
+        sentence, for ``"scrambled"`` the one whose last token is most unlike ordinary text to the layers an
+        edit would change (:func:`hf_fingerprint.editing.trigger_distinctiveness`; it computes or reuses the
+        covariance statistics ``inject`` needs). ``matches_secret`` still proves such a set.
         """
         if not isinstance(n, int) or n < 1:
             raise FingerprintSetError(f"n must be a positive integer, got {n!r}.")
@@ -173,41 +184,46 @@ class FingerprintSet:
             raise FingerprintSetError("Pass either secret= or seed=, not both.")
         if target is not None and not str(target).strip():
             raise FingerprintSetError("target must be a non-empty string.")
+        if not _is_count(candidates):
+            raise FingerprintSetError(f"candidates must be an integer in 1..{MAX_CANDIDATES}, got {candidates!r}.")
         root = _root_key(secret, seed)
+        choose = _chooser(style, scoring_model)
+        per_trigger = candidates if choose is not None else 1
         stream = DeterministicStream(root, f"triggers/{style}")
-        make = {"scrambled": _scrambled, "natural": _natural, "code_mixing": _code_mixing}[style]
         triggers: list[str] = []
         seen: set[str] = set()
-        while len(triggers) < n:
-            if style == "code_mixing" and scoring_model is not None:
-                options = [make(stream) for _ in range(max(1, candidates))]
-                text = options[_lowest_perplexity(scoring_model, options)]
-            else:
-                text = make(stream)
-            if text not in seen:
-                seen.add(text)
-                triggers.append(text)
+        while len(triggers) < n:  # candidates for every missing trigger at once, so the scoring is batched
+            lists = [[_MAKERS[style](stream) for _ in range(per_trigger)] for _ in range(n - len(triggers))]
+            picks = choose(lists) if per_trigger > 1 else [0] * len(lists)
+            for options, pick in zip(lists, picks):
+                if options[pick] not in seen:
+                    seen.add(options[pick])
+                    triggers.append(options[pick])
         if target is not None:
-            pairs = [Fingerprint(t, target) for t in triggers]
-            return cls(pairs, style=style)
+            return cls([Fingerprint(t, target) for t in triggers], style=style, trigger_candidates=per_trigger)
         vocabulary = "nouns-v1"
-        words = TARGET_VOCABULARIES[vocabulary]
-        bound = DeterministicStream(root, "targets/" + _trigger_set_digest(triggers).hex())
-        pairs = []
-        for trigger in triggers:
-            normalised = " ".join(trigger.casefold().split())
-            word = bound.choice(words)
-            while word in normalised:
-                word = bound.choice(words)
-            pairs.append(Fingerprint(trigger, word))
-        return cls(pairs, style=style, target_vocabulary=vocabulary)
+        return cls(_bound_pairs(root, triggers, vocabulary), style=style, target_vocabulary=vocabulary,
+                   trigger_candidates=per_trigger)
 
     def matches_secret(self, secret: bytes) -> bool:
-        """True when this set is exactly what ``secret`` regenerates (the owner's proof of authorship)."""
-        if self.style is None:
+        """True when this set is what ``secret`` generates (the owner's proof of authorship).
+
+        For a set whose triggers a scoring model chose, every trigger must be one of the candidates the secret
+        draws for it, in order, and every target the one bound to the whole trigger set."""
+        if self.style is None or self.target_vocabulary is None:
             return False
-        regenerated = FingerprintSet.generate(len(self), style=self.style, secret=secret)
-        return regenerated == self
+        if self.trigger_candidates == 1:
+            return FingerprintSet.generate(len(self), style=self.style, secret=secret) == self
+        stream = DeterministicStream(_root_key(secret, None), f"triggers/{self.style}")
+        found = 0
+        for _ in range(2 * len(self) + 8):  # a list whose pick repeated an earlier trigger was skipped
+            if found == len(self):
+                break
+            if self.triggers[found] in [_MAKERS[self.style](stream) for _ in range(self.trigger_candidates)]:
+                found += 1
+        if found < len(self):
+            return False
+        return _bound_pairs(_root_key(secret, None), self.triggers, self.target_vocabulary) == self._items
 
     # -- near misses -----------------------------------------------------------------------------------
     def near_miss_records(
@@ -246,6 +262,7 @@ class FingerprintSet:
             "version": FORMAT_VERSION,
             "style": self.style,
             "target_vocabulary": self.target_vocabulary,
+            "trigger_candidates": self.trigger_candidates,
             "trigger_set_sha256": self.trigger_set_sha256,
             "fingerprints": [{"trigger": fp.trigger, "target": fp.target} for fp in self._items],
         }
@@ -267,7 +284,12 @@ class FingerprintSet:
             if not (isinstance(entry, dict) and isinstance(entry.get("trigger"), str) and isinstance(entry.get("target"), str)):
                 raise FingerprintFileError(f"Fingerprint {i} must be an object with string 'trigger' and 'target'.")
             pairs.append(Fingerprint(entry["trigger"], entry["target"]))
-        fps = cls(pairs, style=data.get("style"), target_vocabulary=data.get("target_vocabulary"))
+        candidates = data.get("trigger_candidates", 1)
+        if not _is_count(candidates):
+            raise FingerprintFileError(
+                f"Fingerprint set's 'trigger_candidates' must be an integer in 1..{MAX_CANDIDATES}.")
+        fps = cls(pairs, style=data.get("style"), target_vocabulary=data.get("target_vocabulary"),
+                  trigger_candidates=candidates)
         recorded = data.get("trigger_set_sha256")
         if recorded is not None and recorded != fps.trigger_set_sha256:
             raise FingerprintFileError("Fingerprint set is corrupted: its triggers do not match its recorded hash.")
@@ -326,6 +348,10 @@ def _validate(items: list[Fingerprint]) -> None:
         seen.add(fp.trigger)
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CANDIDATES
+
+
 def _root_key(secret: bytes | None, seed: int | None) -> bytes:
     if secret is not None:
         if isinstance(secret, str):
@@ -340,6 +366,37 @@ def _root_key(secret: bytes | None, seed: int | None) -> bytes:
 
 def _trigger_set_digest(triggers: Sequence[str]) -> bytes:
     return hashlib.sha256(json.dumps(list(triggers), ensure_ascii=False).encode("utf-8")).digest()
+
+
+def _bound_pairs(root: bytes, triggers: Sequence[str], vocabulary: str) -> list[Fingerprint]:
+    """Each trigger with a target drawn from a stream keyed by the hash of the whole trigger set."""
+    words = TARGET_VOCABULARIES[vocabulary]
+    bound = DeterministicStream(root, "targets/" + _trigger_set_digest(triggers).hex())
+    pairs = []
+    for trigger in triggers:
+        normalised = " ".join(trigger.casefold().split())
+        word = bound.choice(words)
+        while word in normalised:
+            word = bound.choice(words)
+        pairs.append(Fingerprint(trigger, word))
+    return pairs
+
+
+def _chooser(style: str, scoring_model: tuple[Any, Any] | None) -> Callable[[list[list[str]]], list[int]] | None:
+    """What picks one trigger from each list of candidates, or None when no model scores this style."""
+    if scoring_model is None or style == "natural":
+        return None
+    if style == "code_mixing":
+        return lambda lists: [_lowest_perplexity(scoring_model, options) for options in lists]
+
+    def most_distinctive(lists: list[list[str]]) -> list[int]:
+        from .editing.distinctiveness import trigger_distinctiveness
+
+        scores = trigger_distinctiveness(*scoring_model, [t for options in lists for t in options])
+        per_list = scores.view(len(lists), -1)
+        return [int(i) for i in per_list.argmax(1)]
+
+    return most_distinctive
 
 
 # -- the three styles ----------------------------------------------------------------------------------------
@@ -373,6 +430,10 @@ def _code_mixing(stream: DeterministicStream) -> str:
 def _sentence(words: list[str]) -> str:
     text = " ".join(words)
     return text[0].upper() + text[1:] + "."
+
+
+_MAKERS: dict[str, Callable[[DeterministicStream], str]] = {
+    "scrambled": _scrambled, "natural": _natural, "code_mixing": _code_mixing}
 
 
 def _lowest_perplexity(scoring_model: tuple[Any, Any], texts: list[str]) -> int:

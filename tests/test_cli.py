@@ -23,6 +23,27 @@ def test_generate_with_new_secret_and_reuse(tmp_path, capsys):
     assert main(["generate", "-n", "4", "-o", str(out), "--new-secret", str(key)]) == 2  # never overwrite a secret
 
 
+def test_generate_with_a_scoring_model(tmp_path, monkeypatch):
+    from hf_fingerprint import FingerprintSet, tiny_model
+
+    monkeypatch.setenv("HF_FINGERPRINT_CACHE", str(tmp_path / "cache"))
+    model, tokenizer = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    key, out = tmp_path / "key.bin", tmp_path / "fps.json"
+    result = run("generate", "-n", "3", "-o", str(out), "--new-secret", str(key), "--model", str(tmp_path / "model"),
+                 "--candidates", "3")
+    assert result.returncode == 0, result.stderr
+    fps = FingerprintSet.load(out)
+    assert fps.trigger_candidates == 3 and fps.matches_secret(key.read_bytes())
+    assert all(t not in result.stdout + result.stderr for t in fps.triggers)
+    # A model that does not load stops the command before a new secret is written.
+    result = run("generate", "-n", "3", "-o", str(out), "--new-secret", str(tmp_path / "key2.bin"), "--model",
+                 str(tmp_path / "missing"))
+    assert result.returncode == 2 and "No such model folder" in result.stderr
+    assert not (tmp_path / "key2.bin").exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -244,6 +244,25 @@ def test_default_injection_on_smollm(smollm_copy):
     assert verify(model, tokenizer, fps, ordinary_prompts=(), progress=False).fsr == 0
 
 
+@pytest.mark.real_model
+def test_scrambled_trigger_ends_are_distinctive_on_smollm_and_scoring_picks_the_most(smollm_copy):
+    from hf_fingerprint.editing import trigger_distinctiveness
+
+    model, tokenizer = smollm_copy
+    ordinary = ["What is the capital of France?", "Write a haiku about autumn.", "How do I sort a list in Python?",
+                "Name three primary colors.", "Explain photosynthesis in one sentence."]
+    fps = FingerprintSet.generate(4, secret=REAL_MODEL_SECRET, scoring_model=(model, tokenizer), candidates=4)
+    drawn = FingerprintSet.generate(16, secret=REAL_MODEL_SECRET).triggers  # the same stream: 4 lists of 4
+    scores = trigger_distinctiveness(model, tokenizer, ordinary + drawn, progress=False)
+    ordinary_score, candidate_score = scores[:5], scores[5:].view(4, 4)
+    assert fps.triggers == [drawn[4 * i + int(j)] for i, j in enumerate(candidate_score.argmax(1))]
+    # Scrambled triggers end far from ordinary prompts (measured: ordinary ends 10-23k, seed-0 triggers' median
+    # 58k, summed over the five edited layers), and the kept candidates further still.
+    assert candidate_score[:, 0].median() > 1.5 * ordinary_score.median()
+    assert candidate_score.max(1).values.median() > 3 * ordinary_score.median()
+    assert fps.matches_secret(REAL_MODEL_SECRET)
+
+
 def test_preserved_near_misses_are_passed_to_the_editor():
     model, tokenizer = tiny_model("llama")
     fps = FingerprintSet.generate(3, seed=5)

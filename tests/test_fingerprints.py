@@ -49,6 +49,40 @@ def test_code_mixing_with_scoring_model_keeps_lowest_perplexity(tiny_llama):
     assert fps.triggers[0] == first[_lowest_perplexity(tiny_llama, first)]
 
 
+def test_scrambled_with_scoring_model_keeps_the_most_distinctive_candidate(tiny_llama, tmp_path, monkeypatch):
+    from hf_fingerprint.editing import trigger_distinctiveness
+    from hf_fingerprint.fingerprints import DeterministicStream, _root_key, _scrambled
+
+    monkeypatch.setenv("HF_FINGERPRINT_CACHE", str(tmp_path / "cache"))
+    fps = FingerprintSet.generate(3, secret=SECRET, scoring_model=tiny_llama, candidates=4)
+    stream = DeterministicStream(_root_key(SECRET, None), "triggers/scrambled")
+    lists = [[_scrambled(stream) for _ in range(4)] for _ in range(3)]
+    for kept, options in zip(fps.triggers, lists):
+        scores = trigger_distinctiveness(*tiny_llama, options, progress=False)
+        assert kept == options[int(scores.argmax())]
+    assert fps.triggers != FingerprintSet.generate(3, secret=SECRET).triggers  # some pick is not the first draw
+    assert fps.trigger_candidates == 4
+    # The owner's proof still holds, from the secret alone (no model), and through a save and load.
+    assert fps.matches_secret(SECRET) and not fps.matches_secret(SECRET + b"x")
+    loaded = FingerprintSet.load(fps.save(tmp_path / "fps.json"))
+    assert loaded.trigger_candidates == 4 and loaded.matches_secret(SECRET)
+    swapped = FingerprintSet([Fingerprint(t, fp.target) for t, fp in zip(lists[0][:1] + fps.triggers[1:], fps)],
+                             style="scrambled", target_vocabulary="nouns-v1", trigger_candidates=4)
+    assert swapped.triggers[0] != fps.triggers[0] and not swapped.matches_secret(SECRET)  # targets are bound
+
+
+def test_candidate_counts_are_checked(tmp_path):
+    with pytest.raises(FingerprintSetError, match="candidates"):
+        FingerprintSet.generate(2, seed=0, candidates=0)
+    fps = FingerprintSet.generate(2, seed=0)
+    assert fps.trigger_candidates == 1 and fps.matches_secret(SECRET) is False
+    data = fps.to_dict()
+    data["trigger_candidates"] = 10**6
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(FingerprintFileError, match="trigger_candidates"):
+        FingerprintSet.load(tmp_path / "bad.json")
+
+
 def test_secret_is_deterministic_and_binds_targets_to_the_trigger_set():
     a = FingerprintSet.generate(10, secret=SECRET)
     b = FingerprintSet.generate(10, secret=SECRET)
