@@ -7,11 +7,13 @@ allocated on CUDA) are its own. Prints a markdown table and writes it to benchma
     python benchmarks/injection.py --methods alphaedit memit --sizes 10
     python benchmarks/injection.py --methods alphaedit alphaedit:near_misses=auto sft --sizes 10
     python benchmarks/injection.py --methods alphaedit alphaedit:near_misses=auto --sizes 10 --styles scrambled natural
+    python benchmarks/injection.py --methods alphaedit --sizes 100 --candidates 1 8
 
 A method may carry options as ``METHOD:KEY=VALUE,...`` (JSON values, else strings), so one method can appear
 twice with different options. ``sft``, unless given ``target_fsr``, trains until it reaches the FSR of the first
 editor of the same size in the run (the comparison at equal FSR). ``--styles`` runs every method on fingerprint
-sets of each trigger style (``FingerprintSet.generate(style=...)``). Every method's options are checked before the
+sets of each trigger style (``FingerprintSet.generate(style=...)``), ``--candidates K ...`` on sets whose triggers the
+model chose among K each (``scoring_model=``; 1: no choice; the choosing time is its own column). Every method's options are checked before the
 first run, so a misspelt one stops the benchmark at once instead of failing its row.
 """
 
@@ -26,6 +28,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,7 +59,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
-def run_one(method: str, size: int, seed: int, options: dict, style: str = "scrambled") -> dict:
+def run_one(method: str, size: int, seed: int, options: dict, style: str = "scrambled", candidates: int = 1) -> dict:
     """Inject into a fresh copy of the model and measure everything (runs in a child process)."""
     import torch
 
@@ -65,7 +68,10 @@ def run_one(method: str, size: int, seed: int, options: dict, style: str = "scra
 
     base, tokenizer = hfp.load_model("smollm2-135m-instruct")
     model, _ = hfp.load_model("smollm2-135m-instruct")
-    fps = hfp.FingerprintSet.generate(size, seed=seed, style=style)
+    started = time.perf_counter()
+    scoring = (base, tokenizer) if candidates > 1 else None
+    fps = hfp.FingerprintSet.generate(size, seed=seed, style=style, scoring_model=scoring, candidates=candidates)
+    generation_seconds = time.perf_counter() - started
     near = fps.near_misses(2, seed=99)  # other near misses than the ones the editor preserves
     base_report = hfp.verify(base, tokenizer, fps, near_misses=near, ordinary_prompts=(), progress=False)
     base_ppl = perplexity(base, tokenizer)
@@ -77,7 +83,9 @@ def run_one(method: str, size: int, seed: int, options: dict, style: str = "scra
         "method": method,
         "n": size,
         "style": style,
+        "candidates": candidates,
         "options": options,
+        "generation_seconds": generation_seconds,
         "seconds": result.seconds,
         "peak_memory_gb": result.peak_memory_bytes / 1e9,
         "fsr": report.fsr,
@@ -114,6 +122,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[10, 100])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--styles", nargs="+", default=["scrambled"], help="trigger styles to run every method on")
+    parser.add_argument("--candidates", nargs="+", type=int, default=[1],
+                        help="triggers drawn per kept one, chosen by the model (1: none)")
     parser.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="an option for one method, e.g. alphaedit:near_misses=null")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -143,11 +153,14 @@ def main() -> None:
     for style in args.styles:
         if style not in STYLES:
             parser.error(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    if any(k < 1 for k in args.candidates):
+        parser.error("--candidates must be positive")
     rows = []
-    for size, style, (method, run_options) in itertools.product(args.sizes, args.styles, runs):
-        spec = {"method": method, "size": size, "seed": args.seed, "style": style, "options": dict(run_options)}
+    for size, style, k, (method, run_options) in itertools.product(args.sizes, args.styles, args.candidates, runs):
+        spec = {"method": method, "size": size, "seed": args.seed, "style": style, "candidates": k,
+                "options": dict(run_options)}
         edits = [r for r in rows if r["n"] == size and r.get("style", "scrambled") == style
-                 and r["method"] != "sft" and "error" not in r]
+                 and r.get("candidates", 1) == k and r["method"] != "sft" and "error" not in r]
         if method == "sft" and "target_fsr" not in spec["options"] and edits:
             spec["options"]["target_fsr"] = edits[0]["fsr"]
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
@@ -169,18 +182,19 @@ def write_table(rows: list[dict], output: str) -> str:
         f"Injection on SmolLM2-135M-Instruct, {datetime.date.today()}, {machine()}; one run each, "
         f"`python benchmarks/injection.py {' '.join(sys.argv[1:])}`. Near-miss false triggers: 2 near misses per "
         "trigger (character edits, re-shuffles, drops, swaps, truncations; seed 99), other than those an editor preserves. Token agreement and KL are measured on the built-in ordinary prompts, which `sft` also trains on (the base model's own answers, as regularisation), so its agreement is a training-set figure.\n\n"
-        "| method | options | n | time (s) | peak memory (GB) | FSR | trigger keys | base FSR | near-miss false triggers | "
+        "| method | options | n | time (s) | choosing triggers (s) | peak memory (GB) | FSR | trigger keys | base FSR | near-miss false triggers | "
         "ordinary false triggers | perplexity change | token agreement | KL |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     body = ""
     for r in rows:
         if "error" in r:
-            body += f"| {r['method']} | | {r['n']} | failed: {' '.join(r['error'])[:80]} ||||||||||\n"
+            body += f"| {r['method']} | | {r['n']} | failed: {' '.join(r['error'])[:80]} |||||||||||\n"
             continue
         keys = r.get("trigger_keys")
         body += (
-            f"| {r['method']} | {describe(r['options'], r.get('style', 'scrambled'))} | {r['n']} | {r['seconds']:.1f} | {r['peak_memory_gb']:.2f} | "
+            f"| {r['method']} | {describe(r['options'], r.get('style', 'scrambled'), r.get('candidates', 1))} | {r['n']} | "
+            f"{r['seconds']:.1f} | {r.get('generation_seconds', 0):.1f} | {r['peak_memory_gb']:.2f} | "
             f"{100 * r['fsr']:.0f} % | {'-' if keys is None else keys} | "
             f"{100 * r['base_fsr']:.0f} % | {100 * r['near_miss_false_triggers']:.1f} % | "
             f"{100 * r['ordinary_false_triggers']:.1f} % | {100 * r['perplexity_change']:+.2f} % | "
@@ -191,9 +205,10 @@ def write_table(rows: list[dict], output: str) -> str:
     return header + body
 
 
-def describe(options: dict, style: str = "scrambled") -> str:
-    """The options column: the non-default trigger style, then the method's options."""
+def describe(options: dict, style: str = "scrambled", candidates: int = 1) -> str:
+    """The options column: the non-default trigger style and choice, then the method's options."""
     parts = ([f"{style} triggers"] if style != "scrambled" else []) + [f"{k}={v}" for k, v in options.items()]
+    parts = ([f"triggers chosen among {candidates}"] if candidates > 1 else []) + parts
     return ", ".join(parts) or "defaults"
 
 
