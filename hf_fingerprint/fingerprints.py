@@ -210,7 +210,7 @@ class FingerprintSet:
 
         For a set whose triggers a scoring model chose, every trigger must be one of the candidates the secret
         draws for it, in order, and every target the one bound to the whole trigger set."""
-        if self.style is None or self.target_vocabulary is None:
+        if self.style not in STYLES or self.target_vocabulary is None:
             return False
         if self.trigger_candidates == 1:
             return FingerprintSet.generate(len(self), style=self.style, secret=secret) == self

@@ -69,6 +69,8 @@ def test_scrambled_with_scoring_model_keeps_the_most_distinctive_candidate(tiny_
     swapped = FingerprintSet([Fingerprint(t, fp.target) for t, fp in zip(lists[0][:1] + fps.triggers[1:], fps)],
                              style="scrambled", target_vocabulary="nouns-v1", trigger_candidates=4)
     assert swapped.triggers[0] != fps.triggers[0] and not swapped.matches_secret(SECRET)  # targets are bound
+    odd = FingerprintSet(list(fps), style="handwritten", target_vocabulary="nouns-v1", trigger_candidates=4)
+    assert not odd.matches_secret(SECRET)
 
 
 def test_candidate_counts_are_checked(tmp_path):
