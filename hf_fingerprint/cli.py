@@ -38,6 +38,8 @@ def _new_secret(path: str) -> bytes:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .fingerprints import FingerprintSet
 
+    if args.candidates is not None and not args.model:
+        raise FingerprintSetError("--candidates needs --model: the model chooses among them.")
     scoring = None
     if args.model:  # loaded before a new secret is written, so a wrong model name leaves nothing behind
         from .models import load_model
@@ -45,7 +47,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         scoring = load_model(args.model, device=args.device)
     secret = _new_secret(args.new_secret) if args.new_secret else _read_secret(args.secret_file)
     fps = FingerprintSet.generate(args.n, style=args.style, secret=secret, seed=args.seed, target=args.target,
-                                  scoring_model=scoring, candidates=args.candidates)
+                                  scoring_model=scoring, candidates=8 if args.candidates is None else args.candidates)
     fps.save(args.output)
     print(f"Wrote {len(fps)} {args.style} fingerprints to {args.output} (secret: keep it private).")
     if args.near_misses:
@@ -173,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None,
                      help="choose each trigger among --candidates with this model: scrambled, the one whose end is "
                           "most unlike ordinary text to the layers an edit changes; code_mixing, the most fluent")
-    gen.add_argument("--candidates", type=int, default=8, help="triggers drawn per kept one with --model (default 8)")
+    gen.add_argument("--candidates", type=int, default=None,
+                     help="triggers drawn per kept one with --model (default 8)")
     gen.add_argument("--device", default=None, help="torch device for --model (default cpu)")
     gen.set_defaults(func=cmd_generate)
 
