@@ -12,9 +12,10 @@ allocated on CUDA) are its own. Prints a markdown table and writes it to benchma
 A method may carry options as ``METHOD:KEY=VALUE,...`` (JSON values, else strings), so one method can appear
 twice with different options. ``sft``, unless given ``target_fsr``, trains until it reaches the FSR of the first
 editor of the same size in the run (the comparison at equal FSR). ``--styles`` runs every method on fingerprint
-sets of each trigger style (``FingerprintSet.generate(style=...)``), ``--candidates K ...`` on sets whose triggers the
-model chose among K each (``scoring_model=``; 1: no choice; the choosing time is its own column). Every method's options are checked before the
-first run, so a misspelt one stops the benchmark at once instead of failing its row.
+sets of each trigger style (``FingerprintSet.generate(style=...)``), ``--candidates K ...`` on sets whose triggers
+the model chose among K each (``scoring_model=``; 1: no choice; the choosing time is its own column). Every
+method's options are checked before the first run, so a misspelt one stops the benchmark at once instead of
+failing its row.
 """
 
 from __future__ import annotations
