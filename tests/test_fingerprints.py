@@ -47,6 +47,8 @@ def test_code_mixing_with_scoring_model_keeps_lowest_perplexity(tiny_llama):
     stream = DeterministicStream(_root_key(None, 5), "triggers/code_mixing")
     first = [_code_mixing(stream) for _ in range(4)]
     assert fps.triggers[0] == first[_lowest_perplexity(tiny_llama, first)]
+    chosen = FingerprintSet.generate(3, style="code_mixing", secret=SECRET, scoring_model=tiny_llama, candidates=4)
+    assert chosen.matches_secret(SECRET) and not chosen.matches_secret(SECRET + b"x")  # the owner's proof holds
 
 
 def test_scrambled_with_scoring_model_keeps_the_most_distinctive_candidate(tiny_llama, tmp_path, monkeypatch):
