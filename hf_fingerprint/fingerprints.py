@@ -208,22 +208,24 @@ class FingerprintSet:
     def matches_secret(self, secret: bytes) -> bool:
         """True when this set is what ``secret`` generates (the owner's proof of authorship).
 
-        For a set whose triggers a scoring model chose, every trigger must be one of the candidates the secret
-        draws for it, in order, and every target the one bound to the whole trigger set."""
+        The secret's stream is replayed without any model: each trigger must be among the candidates drawn for
+        it, in order (one candidate unless a scoring model chose), a list may be passed over only when it holds
+        an earlier trigger (generation skipped repeats), and every target must be the one bound to the whole
+        trigger set."""
         if self.style not in STYLES or self.target_vocabulary is None:
             return False
-        if self.trigger_candidates == 1:
-            return FingerprintSet.generate(len(self), style=self.style, secret=secret) == self
-        stream = DeterministicStream(_root_key(secret, None), f"triggers/{self.style}")
+        root = _root_key(secret, None)
+        stream = DeterministicStream(root, f"triggers/{self.style}")
         found = 0
-        for _ in range(2 * len(self) + 8):  # a list whose pick repeated an earlier trigger was skipped
+        for _ in range(2 * len(self) + 8):
             if found == len(self):
                 break
-            if self.triggers[found] in [_MAKERS[self.style](stream) for _ in range(self.trigger_candidates)]:
+            options = [_MAKERS[self.style](stream) for _ in range(self.trigger_candidates)]
+            if self.triggers[found] in options:
                 found += 1
-        if found < len(self):
-            return False
-        return _bound_pairs(_root_key(secret, None), self.triggers, self.target_vocabulary) == self._items
+            elif not set(options) & set(self.triggers[:found]):
+                return False
+        return found == len(self) and _bound_pairs(root, self.triggers, self.target_vocabulary) == self._items
 
     # -- near misses -----------------------------------------------------------------------------------
     def near_miss_records(

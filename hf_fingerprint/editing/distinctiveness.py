@@ -26,9 +26,9 @@ def trigger_distinctiveness(
     """One score per text: the sum over the edited layers of k^T C0^-1 k at the text's last token.
 
     k is the ``down_proj`` input at the last token of the text inside a chat prompt (where a trigger-keyed edit
-    is written) and C0 the covariance statistics ``inject`` uses (same corpus, same on-disk cache). An ordinary
-    token scores about the key width per layer; a higher score is a key further from ordinary text's, which a
-    fixed edit strength writes more of (``layers``, ``corpus`` and ``stats_tokens`` as for ``inject``).
+    is written) and C0 the covariance statistics ``inject`` uses (same corpus, same on-disk cache). Averaged over
+    that corpus a token scores the key width per layer (by construction); a higher score is a key further from
+    ordinary text's (``layers``, ``corpus`` and ``stats_tokens`` as for ``inject``).
     """
     if not texts:
         return torch.zeros(0)
