@@ -388,6 +388,8 @@ def _chooser(style: str, scoring_model: tuple[Any, Any] | None) -> Callable[[lis
     """What picks one trigger from each list of candidates, or None when no model scores this style."""
     if scoring_model is None or style == "natural":
         return None
+    if not (isinstance(scoring_model, (tuple, list)) and len(scoring_model) == 2):
+        raise FingerprintSetError("scoring_model must be a (model, tokenizer) pair, as load_model returns.")
     if style == "code_mixing":
         return lambda lists: [_lowest_perplexity(scoring_model, options) for options in lists]
 

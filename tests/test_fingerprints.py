@@ -78,6 +78,8 @@ def test_scrambled_with_scoring_model_keeps_the_most_distinctive_candidate(tiny_
 def test_candidate_counts_are_checked(tmp_path):
     with pytest.raises(FingerprintSetError, match="candidates"):
         FingerprintSet.generate(2, seed=0, candidates=0)
+    with pytest.raises(FingerprintSetError, match=r"\(model, tokenizer\) pair"):
+        FingerprintSet.generate(2, seed=0, scoring_model="not a model")
     fps = FingerprintSet.generate(2, seed=0)
     assert fps.trigger_candidates == 1 and fps.matches_secret(SECRET) is False
     data = fps.to_dict()
