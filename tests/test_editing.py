@@ -566,3 +566,84 @@ def test_templates_option_is_checked():
             inject(model, tokenizer, fps, templates=bad, progress=False)
     with pytest.raises(InjectionError, match="takes no option 'templates'"):
         inject(model, tokenizer, fps, method="sft", templates=["plain"], progress=False)
+
+
+def test_output_fisher_ranks_the_directions_that_move_predictions_and_is_cached(tmp_path, monkeypatch):
+    """The Fisher metric of a layer's output is symmetric, positive semi-definite and reproducible; a change of the
+    layer's output along its top eigenvector moves the next-token distributions more than one along its bottom
+    eigenvector; with ``value_fisher_weight`` an injection computes it once and reads it from disk after."""
+    from hf_fingerprint.editing.covariance import corpus_texts
+    from hf_fingerprint.editing.fisher import output_fisher
+
+    monkeypatch.setenv("HF_FINGERPRINT_CACHE", str(tmp_path / "cache"))
+    model, tokenizer = tiny_model("llama")
+    layout = find_layout(model)
+    layer = layout.default_layers()[-1]
+    F = output_fisher(model, tokenizer, layout, layer, max_tokens=3000, progress=False)
+    assert F.shape == (model.config.hidden_size,) * 2
+    assert torch.allclose(F, F.T, atol=1e-8) and torch.linalg.eigvalsh(F.double()).min() > -1e-9
+    assert torch.equal(F, output_fisher(model, tokenizer, layout, layer, max_tokens=3000, progress=False))
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())
+
+    _, eigenvectors = torch.linalg.eigh(F.double())
+    enc = tokenizer(corpus_texts(tokenizer)[:16], return_tensors="pt", padding=True, truncation=True, max_length=64,
+                    add_special_tokens=False)
+    mask = enc["attention_mask"].bool()
+    with torch.no_grad():
+        base = model(**enc).logits.log_softmax(-1)
+
+    def divergence(direction):
+        def shift(_module, _args, output):
+            if isinstance(output, tuple):
+                return (output[0] + 0.5 * direction,) + tuple(output[1:])
+            return output + 0.5 * direction
+
+        handle = get_module(model, layout.layer_name(layer)).register_forward_hook(shift)
+        with torch.no_grad():
+            moved = model(**enc).logits.log_softmax(-1)
+        handle.remove()
+        return float((base.exp() * (base - moved)).sum(-1)[mask].mean())
+
+    assert divergence(eigenvectors[:, -1].float()) > 1.5 * divergence(eigenvectors[:, 0].float())
+
+    fps = FingerprintSet.generate(3, seed=0)
+    first = inject(model, tokenizer, fps, progress=False, value_fisher_weight=0.1)
+    assert fsr(model, tokenizer, fps) == 1.0
+    cached = list((tmp_path / "cache" / "stats").rglob("fisher-layer*.pt"))
+    assert [p.name for p in cached] == [f"fisher-layer{layer}.pt"]
+    first.revert()  # the cached metric is the unedited model's, over the statistics' corpus and cap
+    assert torch.allclose(torch.load(cached[0]), output_fisher(model, tokenizer, layout, layer, progress=False))
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the Fisher metric was computed again instead of read from disk")
+
+    monkeypatch.setattr("hf_fingerprint.editing.context.output_fisher", not_again)
+    second = inject(model, tokenizer, fps, progress=False, value_fisher_weight=0.1)
+    assert fsr(model, tokenizer, fps) == 1.0
+    for a, b in zip(first.deltas, second.deltas):
+        assert torch.allclose(a.dense(), b.dense(), atol=1e-5)
+
+
+@pytest.mark.real_model
+def test_fisher_weight_moves_target_values_to_directions_ordinary_text_ignores_on_smollm(smollm_copy):
+    """With ``value_fisher_weight`` the trigger-keyed target values still make the model answer, at a fraction of
+    their size in the Fisher metric of ordinary text."""
+    from hf_fingerprint.editing.covariance import builtin_corpus
+    from hf_fingerprint.editing.fisher import output_fisher
+    from hf_fingerprint.editing.tracing import build_prompts, optimise_values
+
+    model, tokenizer = smollm_copy
+    layout = find_layout(model)
+    layer = layout.default_layers()[-1]
+    F = output_fisher(model, tokenizer, layout, layer, corpus=builtin_corpus(40), progress=False)
+    metric = F / F.diagonal().mean()
+    fps = FingerprintSet.generate(4, secret=REAL_MODEL_SECRET)
+    prompts = build_prompts(tokenizer, fps.triggers, answers=fps.targets, key_position="trigger")
+    energy = {}
+    for weight in (0.0, 1.0):
+        z, h, nll = optimise_values(model, layout, prompts, layer, steps=100, clamp_factor=10.0, stop_loss=0.01,
+                                    noise=0.1, fisher=F, fisher_weight=weight)
+        assert (nll < 0.1).all(), (weight, nll)
+        change = z - h
+        energy[weight] = (((change @ metric) * change).sum(-1) / (h * h).sum(-1)).median()
+    assert energy[1.0] < 0.6 * energy[0.0], energy

@@ -10,11 +10,12 @@ import torch
 from ..generation import model_device
 from .covariance import cached_tensor, layer_statistics, statistics_folder
 from .delta import EditDelta
+from .fisher import output_fisher
 from .layout import ModelLayout, get_module
 from .tracing import Prompts, capture, context_moments, optimise_values
 
 VALUE_OPTIONS = ("value_steps", "value_lr", "clamp_factor", "value_weight_decay", "value_stop_loss", "value_patience",
-                 "value_min_progress", "value_noise", "value_noise_rank", "value_cuda_graph")
+                 "value_min_progress", "value_noise", "value_noise_rank", "value_cuda_graph", "value_fisher_weight")
 
 # Options the shared steps read. Each editor's OPTIONS names every option it takes; inject() rejects the others.
 TARGET_OPTIONS = frozenset({*VALUE_OPTIONS, "value_noise_seed", "auto_threshold", "templates"})
@@ -32,9 +33,11 @@ PRESERVE_OPTIONS = frozenset({"preserve_weight", "context_weight"})
 # Llama-3.2-3B shape keep moving and run on). The last token has no fallback, and its 25 steps run to the end.
 VALUE_DEFAULTS = {
     "last": dict(value_steps=25, value_lr=0.5, clamp_factor=4.0, value_weight_decay=1e-3, value_stop_loss=0.05,
-                 value_patience=0, value_min_progress=0.1, value_noise=0.1, value_noise_rank=16),
+                 value_patience=0, value_min_progress=0.1, value_noise=0.1, value_noise_rank=16,
+                 value_fisher_weight=0.0),
     "trigger": dict(value_steps=100, value_lr=0.5, clamp_factor=10.0, value_weight_decay=1e-3, value_stop_loss=0.01,
-                    value_patience=10, value_min_progress=0.1, value_noise=0.1, value_noise_rank=16),
+                    value_patience=10, value_min_progress=0.1, value_noise=0.1, value_noise_rank=16,
+                    value_fisher_weight=0.0),
 }
 
 
@@ -128,6 +131,7 @@ class EditContext:
 
     def _optimise(self, prompts: Prompts, layer: int, position: str):
         o = {**value_defaults(position), **self.options}
+        fisher_weight = float(o["value_fisher_weight"])
         return optimise_values(
             self.model, self.layout, prompts, layer,
             steps=int(o["value_steps"]),
@@ -141,7 +145,16 @@ class EditContext:
             noise_rank=int(o["value_noise_rank"]),
             seed=int(o.get("value_noise_seed", 0)) * 1000 + layer,
             cuda_graph=bool(o.get("value_cuda_graph", True)),
+            fisher=self.output_fisher(layer) if fisher_weight > 0 else None,
+            fisher_weight=fisher_weight,
         )
+
+    def output_fisher(self, layer: int) -> torch.Tensor:
+        """The Fisher metric of ``layer``'s output over the statistics corpus (:func:`output_fisher`, the same
+        corpus and token cap), computed on the weights before the edit and cached on disk beside the statistics."""
+        return self.statistics_derived("fisher", layer, lambda: output_fisher(
+            self.model, self.tokenizer, self.layout, layer, corpus=self.options.get("corpus"),
+            max_tokens=int(self.options.get("stats_tokens", 20_000)), progress=self.progress))
 
     def statistics(self, layer: int) -> torch.Tensor:
         """C0 of ``layer`` (computed for all edited layers at once, then cached in memory and on disk)."""
@@ -174,7 +187,8 @@ class EditContext:
         statistics, their folder and what was derived from them, read under the weights ``other`` first saw."""
         self._cache.update({k: v for k, v in other._cache.items()
                             if k == "stats_folder"
-                            or (isinstance(k, tuple) and str(k[0]).startswith(("stats", "projector", "range")))})
+                            or (isinstance(k, tuple)
+                                and str(k[0]).startswith(("stats", "projector", "range", "fisher")))})
 
     @property
     def mom2_weight(self) -> float:

@@ -168,6 +168,10 @@ def inject(
     25, 0.5, 4, 0.05 for ``"last"``), ``value_patience`` and ``value_min_progress`` (10, 0.1 for trigger keys: stop
     once every answer is below the stop loss or has fallen less than 10 % in 10 steps; 0, never, for "last");
     ``value_cuda_graph`` (True: on a GPU, the steps are recorded once as a CUDA graph and replayed);
+    ``value_fisher_weight`` (0: off; the weight of a penalty on each target value's change in the Fisher metric of
+    ordinary text at the layer it is written to, :func:`~hf_fingerprint.editing.fisher.output_fisher`, computed once
+    over the statistics corpus and cached beside the statistics, which steers the change to directions ordinary
+    text's predictions depend on least: less harm where ordinary keys resemble the triggers);
     ``templates`` (none: other chat templates each fingerprint must also answer under, as a model is served or
     fine-tuned under another template than its own: ``"plain"`` (``User: ... / Assistant:``), ``"none"`` (raw
     text) or a jinja chat template; one target vector per fingerprint serves all, in the last-token rounds of

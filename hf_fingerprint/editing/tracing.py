@@ -265,6 +265,8 @@ def optimise_values(
     noise_rank: int = 16,
     seed: int = 0,
     cuda_graph: bool = True,
+    fisher: torch.Tensor | None = None,
+    fisher_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each prompt, the output ``z`` of ``layer`` at its key position that makes the model emit its answer.
 
@@ -272,9 +274,13 @@ def optimise_values(
     its norm is clamped to ``clamp_factor`` times the hidden state's norm. With ``noise`` > 0 every step runs
     under a fresh random rank-``noise_rank`` perturbation of each linear layer after ``layer`` (Frobenius norm
     ``noise`` times the weight's), so ``z`` works in a neighbourhood of the downstream weights, as they will be
-    after someone fine-tunes the model. A batch stops once every answer's NLL is below ``stop_loss`` or, after
-    ``patience`` steps (0: never), has fallen by less than ``min_progress`` of where it started: a vector at
-    that position cannot move that answer (random attention, say), and the rest of the steps would be wasted.
+    after someone fine-tunes the model. The vector's size is penalised by ``weight_decay`` x its squared norm and,
+    with ``fisher`` (d_model x d_model, :func:`~hf_fingerprint.editing.fisher.output_fisher`), by
+    ``fisher_weight`` x its square in that metric scaled to a mean diagonal of 1 (both relative to the hidden
+    state's squared norm), which prefers directions ordinary text's predictions depend on least. A batch stops
+    once every answer's NLL is below ``stop_loss`` or, after ``patience`` steps (0: never), has fallen by less
+    than ``min_progress`` of where it started: a vector at that position cannot move that answer (random
+    attention, say), and the rest of the steps would be wasted.
     On a GPU each step's forward and backward pass is recorded once as a CUDA graph and replayed (``cuda_graph``;
     a step of a few tokens through a large model is otherwise bound by kernel launches); where recording fails, the
     steps run as usual. Returns ``(z, h, nll)``: the target and the original outputs (rows x
@@ -290,6 +296,9 @@ def optimise_values(
     targets, originals, losses = [], [], []
     layer_module = get_module(model, layout.layer_name(layer))
     upstream = [get_module(model, layout.layer_name(i)) for i in range(layer + 1)]
+    metric = None
+    if fisher is not None and fisher_weight > 0:
+        metric = (fisher_weight * fisher / fisher.diagonal().mean().clamp(min=1e-30)).to(device, torch.float32)
     perturb = None
     if noise > 0:
         downstream = [m for i in range(layer + 1, layout.num_layers)
@@ -307,7 +316,7 @@ def optimise_values(
             groups = torch.tensor([group_of[r] for r in rows], device=device)
             z, h, nll = _optimise_batch(model, layer_module, batch, steps, lr, clamp_factor, weight_decay, stop_loss,
                                         perturb, upstream, patience, min_progress, cuda_graph=graphable, seed=seed,
-                                        groups=torch.unique(groups, return_inverse=True)[1])
+                                        groups=torch.unique(groups, return_inverse=True)[1], metric=metric)
             targets.append(z)
             originals.append(h)
             losses.append(nll)
@@ -410,7 +419,7 @@ def _replaying(modules: Sequence[torch.nn.Module], outputs: Sequence[Any]) -> It
 def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, weight_decay, stop_loss,
                     perturb: _DownstreamNoise | None = None, upstream: Sequence[torch.nn.Module] = (),
                     patience: int = 0, min_progress: float = 0.1, *, cuda_graph: bool = False, seed: int = 0,
-                    groups: torch.Tensor | None = None):
+                    groups: torch.Tensor | None = None, metric: torch.Tensor | None = None):
     """Optimise one batch. The prompt before the earliest key position is run once into a KV cache; each
     step then runs only the key position onward (the prompt tail and the answer), so a step costs a few
     tokens per prompt instead of the whole prompt. The ``upstream`` layers (up to the edited one) do not see
@@ -499,8 +508,11 @@ def _optimise_batch(model, layer_module, batch: Batch, steps, lr, clamp_factor, 
                     per_row = answer_nll()
             else:
                 per_row = answer_nll()
-            decay = (delta[groups].norm(dim=-1) ** 2 / h.norm(dim=-1) ** 2).mean()
-            return per_row, per_row.mean() + weight_decay * decay
+            shared = delta[groups]
+            penalty = weight_decay * shared.pow(2).sum(-1)
+            if metric is not None:
+                penalty = penalty + ((shared @ metric) * shared).sum(-1)
+            return per_row, per_row.mean() + (penalty / h.norm(dim=-1) ** 2).mean()
 
         graphed = _GraphedStep(measure, delta, masks, seed) if cuda_graph else None
         for step in range(steps + 1):
