@@ -42,7 +42,7 @@ def output_fisher(
     texts = corpus_texts(tokenizer, corpus)
     device = model_device(model)
     module = get_module(model, layout.layer_name(layer))
-    size = model.config.hidden_size
+    size = layout.hidden_size
     total = torch.zeros(size, size, dtype=torch.float64, device=device)
     generator = torch.Generator(device).manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
